@@ -1,0 +1,179 @@
+"""Additive vector quantization (AVQ) trained with NSVQ, with an exact table-lookup beam search.
+
+A vector is approximated by the sum of M codewords, one from each of M codebooks, chosen
+in any order by a beam search: the ``beam_width`` best partial tuples are extended by the
+``beam_width`` codewords of not yet used codebooks nearest to their residual, tuples that
+hold the same set of codewords are merged, and the ``beam_width`` tuples of least
+reconstruction error are kept.
+
+Every error the search needs comes from tables: with ``<x, c>`` for all codewords
+(one matrix product per batch) and the codeword norms ``||c||²`` and cross products
+``<c_i, c_j>`` (once per call), the error of a tuple S is
+
+    ||x - Σ_S c||² = ||x||² - 2 Σ_S <x, c> + Σ_S ||c||² + 2 Σ_{i<j in S} <c_i, c_j>,
+
+so a beam step is a gather, an add and a top-k instead of new distance computations.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nsvq import CPU, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer, _check_int, replace_rows
+
+
+class AVQ(VectorQuantizer):
+    """Additive VQ with M codebooks of K = 2**vq_bitrate_per_stage entries of dimension D.
+
+    Args:
+        num_stages: M, number of codebooks.
+        vq_bitrate_per_stage: bits per codebook, K = 2**bits entries each.
+        data_dim: D, dimension of the vectors to quantize.
+        beam_width: partial tuples kept at each step of the beam search (1 = greedy).
+        discard_threshold: usage fraction below which ``replace_unused_codebooks``
+            replaces a codeword (decided over the whole M*K table, as the original).
+        device: where the codebooks live.
+        check_finite: reject NaN/Inf input (one host sync per call; turn off for speed).
+        replacement_noise: noise of a replaced codeword, relative to the codewords' RMS.
+
+    The trainable parameter ``codebooks`` has shape (M*K, D); codebook m owns rows
+    ``m*K ... (m+1)*K - 1``.
+    """
+
+    def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
+                 beam_width: int, discard_threshold: float = 0.01,
+                 device=CPU, *, check_finite: bool = True,
+                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE):
+        super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold,
+                         check_finite=check_finite, replacement_noise=replacement_noise)
+        self.beam_width = _check_int("beam_width", beam_width)
+        self.codebooks = self._uniform_codebooks(
+            (num_stages * self.num_codebooks, data_dim), self.num_codebooks, device)
+        self.codebook_usage = self.codebook_usage.to(device)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, beam_width={self.beam_width}"
+
+    def _elements_per_row(self) -> int:
+        return min(self.beam_width, self.num_stages * self.num_codebooks) * len(self.codebooks)
+
+    def _tables(self, dtype):
+        codewords = self.codebooks.detach().to(dtype)  # (MK, D)
+        norms = codewords.pow(2).sum(1)  # (MK,)
+        return codewords, norms, cross_table(codewords, self.num_codebooks)  # (MK, MK)
+
+    def _encode_chunk(self, x, tables):
+        codewords, norms, cross = tables
+        return beam_search(x, codewords, norms, cross, self.num_stages, self.num_codebooks,
+                           self.beam_width)
+
+    def _decode(self, codes):
+        offsets = torch.arange(self.num_stages, device=codes.device) * self.num_codebooks
+        return self.codebooks[codes + offsets].sum(dim=1)  # (N, M, D) -> (N, D)
+
+    def _stage_table(self, stage):
+        entries = self.num_codebooks
+        return self.codebooks.detach()[stage * entries:(stage + 1) * entries]
+
+    def _replace(self, unused, generator):
+        replace_rows(self.codebooks.detach(), unused.flatten(), self.replacement_noise, generator)
+
+
+def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
+                cross: torch.Tensor, num_stages: int, num_codebooks: int,
+                beam_width: int) -> torch.Tensor:
+    """Choose one codeword per codebook so that their sum is close to x.
+
+    Args:
+        x: (N, D) vectors.
+        codewords: (M*K, D), codebook m in rows m*K ... (m+1)*K - 1.
+        norms: (M*K,) squared codeword norms.
+        cross: (M*K, M*K) codeword inner products, +inf between codewords of the same
+            codebook (see ``cross_table``), which keeps a used codebook out of a tuple.
+
+    Returns:
+        (N, M) int64, the index within each codebook, ordered by codebook.
+    """
+    n, stages, entries = len(x), num_stages, num_codebooks
+    total = stages * entries
+    code_key = _code_keys(stages, entries, x.device)  # (MK,) codeword's share of a set key
+    # error of adding codeword j to an empty tuple, less the constant ||x||², (N, MK)
+    base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
+
+    error, chosen = base.topk(min(beam_width, total), dim=1, largest=False)  # (N, B)
+    key = code_key[chosen]  # (N, B) identifies the set of chosen codewords
+    crossed = cross[chosen]  # (N, B, MK) Σ over the tuple of <c_i, c_j>, inf for used codebooks
+    history = [(None, chosen)]  # per step: (parent beam, added codeword), each (N, B)
+
+    for step in range(1, stages):
+        beams = chosen.shape[1]
+        # error of extending a tuple by codeword j: e + ||c_j||² - 2<x,c_j> + 2Σ_i<c_i,c_j>
+        delta = torch.addcmul(base.unsqueeze(1), crossed, crossed.new_tensor(2.0))  # (N, B, MK)
+        width = min(beam_width, (stages - step) * entries)
+        extend, candidate = delta.topk(width, dim=2, largest=False)  # (N, B, W)
+        candidate = candidate.reshape(n, beams * width)
+        candidate_error = (error.unsqueeze(2) + extend).reshape(n, beams * width)
+        candidate_key = (key.unsqueeze(2) + code_key[candidate].reshape(n, beams, width))
+        candidate_key = candidate_key.reshape(n, beams * width)
+        candidate_error = _drop_duplicate_sets(candidate_error, candidate_key)
+
+        error, pick = candidate_error.topk(min(beam_width, beams * width), dim=1, largest=False)
+        parent = pick // width  # (N, B')
+        chosen = candidate.gather(1, pick)  # (N, B') codeword index in [0, MK)
+        history.append((parent, chosen))
+        if step < stages - 1:
+            key = candidate_key.gather(1, pick)
+            crossed = crossed.gather(1, parent.unsqueeze(-1).expand(-1, -1, total))
+            crossed += cross[chosen]
+
+    return _backtrack(history, error.argmin(dim=1), stages, entries)  # (N, M)
+
+
+def cross_table(codewords: torch.Tensor, num_codebooks: int) -> torch.Tensor:
+    """Inner products of all codeword pairs (M*K, M*K), +inf within a codebook."""
+    cross = codewords @ codewords.t()
+    stage = torch.arange(len(codewords), device=codewords.device) // num_codebooks
+    return cross.masked_fill_(stage.unsqueeze(0) == stage.unsqueeze(1), float("inf"))
+
+
+def _backtrack(history, best: torch.Tensor, stages: int, entries: int) -> torch.Tensor:
+    """Follow parent pointers from the best final beam; returns codes (N, M) by codebook."""
+    codes = torch.empty(len(best), stages, dtype=torch.long, device=best.device)
+    for parent, chosen in reversed(history):
+        codeword = chosen.gather(1, best.unsqueeze(1)).squeeze(1)  # (N,)
+        codes.scatter_(1, (codeword // entries).unsqueeze(1), (codeword % entries).unsqueeze(1))
+        if parent is not None:
+            best = parent.gather(1, best.unsqueeze(1)).squeeze(1)
+    return codes
+
+
+def _code_keys(stages: int, entries: int, device) -> torch.Tensor:
+    """(M*K,) key share of each codeword; the sum over a tuple identifies its set.
+
+    Codeword k of codebook m adds (k + 1) * w_m with exact mixed-radix weights
+    w_m = (K+1)**m when they fit in 62 bits, otherwise fixed pseudo-random 62-bit
+    weights (a collision then has probability ~2**-62).
+    """
+    if stages * (entries + 1).bit_length() <= 62:
+        weights = torch.tensor([(entries + 1) ** m for m in range(stages)])
+    else:
+        generator = torch.Generator().manual_seed(stages * 1_000_003 + entries)
+        weights = torch.randint(1, 2**62, (stages,), generator=generator)
+    code = torch.arange(1, entries + 1).repeat(stages)  # (MK,)
+    return (code * weights.repeat_interleave(entries)).to(device)
+
+
+def _drop_duplicate_sets(error: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Set the error of every candidate whose set key repeats an earlier one to +inf.
+
+    error, key: (N, C). Candidates holding the same set have the same true error, so
+    which copy survives does not change the search. Candidates that are already
+    invalid (infinite error) get distinct negative keys so they never hide a valid one.
+    """
+    position = torch.arange(1, key.shape[1] + 1, device=key.device)
+    key = torch.where(torch.isinf(error), -position, key)
+    sorted_key, order = key.sort(dim=1)
+    repeat = torch.zeros_like(sorted_key, dtype=torch.bool)
+    repeat[:, 1:] = sorted_key[:, 1:] == sorted_key[:, :-1]
+    duplicate = torch.zeros_like(repeat).scatter_(1, order, repeat)
+    return error.masked_fill(duplicate, float("inf"))

@@ -1,0 +1,363 @@
+"""Noise substitution (NSVQ), codebook usage and codebook replacement.
+
+The one home of the logic that AVQ, PVQ and RVQ share. ``VectorQuantizer`` is the
+base class: a subclass only says how a batch of vectors is encoded into codeword
+indices and decoded back; training-mode noise substitution, usage counting, input
+checks, replacement of unused codewords (synchronised over ``torch.distributed``
+ranks when a process group is initialised) and loading of the original
+implementation's checkpoints live here.
+
+Notation: ``M`` codebooks (stages), ``K = 2**b`` entries each, ``D`` data dimension.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+CPU = torch.device("cpu")
+NSVQ_EPS = 1e-12
+DEFAULT_REPLACEMENT_NOISE = 1e-2
+CHUNK_ELEMENTS = 2**25  # bound on the largest per-chunk temporary of an encode
+
+
+def noise_substitution(x: torch.Tensor, q: torch.Tensor, eps: float = NSVQ_EPS) -> torch.Tensor:
+    """NSVQ output ``x + ||x - q|| * v / ||v||`` with ``v ~ N(0, I)``, per row.
+
+    x, q: (N, D). The output is at exactly the distance ``||x - q||`` from ``x`` in a
+    random direction, so gradients reach the codebooks through the error norm.
+    """
+    error_norm = torch.linalg.vector_norm(x - q, dim=-1, keepdim=True)  # (N, 1)
+    noise = torch.randn_like(x)
+    noise_norm = torch.linalg.vector_norm(noise, dim=-1, keepdim=True)  # (N, 1)
+    return x + error_norm * noise / (noise_norm + eps)
+
+
+def count_usage(usage: torch.Tensor, codes: torch.Tensor) -> None:
+    """Add 1 to ``usage[m, k]`` for every codeword ``k`` of codebook ``m`` used in the batch.
+
+    usage: (M, K) integer counter, updated in place. codes: (N, M) indices.
+    """
+    used = torch.zeros(usage.shape, dtype=torch.bool, device=usage.device)
+    used.scatter_(1, codes.t(), True)
+    usage.add_(used)
+
+
+def replace_rows(table: torch.Tensor, unused: torch.Tensor, noise_scale: float,
+                 generator: torch.Generator | None = None) -> None:
+    """Overwrite the ``unused`` rows of ``table`` (R, d) by random used rows plus noise, in place.
+
+    unused: (R,) bool. When no row is used the whole table is perturbed. The noise has
+    standard deviation ``noise_scale`` times the RMS value of the used rows, so a copy is
+    always separated from its source in float32.
+    """
+    used_idx = torch.nonzero(~unused).flatten()
+    unused_idx = torch.nonzero(unused).flatten()
+    if len(unused_idx) == 0:
+        return
+    if len(used_idx) == 0:
+        table.add_(_noise_like(table, table, noise_scale, generator))
+        return
+    repeats = -(-len(unused_idx) // len(used_idx))  # ceil
+    pool = used_idx.repeat(repeats)
+    order = torch.randperm(len(pool), generator=generator, device="cpu").to(pool.device)
+    sources = table[pool[order[: len(unused_idx)]]]  # (U, d)
+    table[unused_idx] = sources + _noise_like(sources, table[used_idx], noise_scale, generator)
+
+
+def _noise_like(target: torch.Tensor, reference: torch.Tensor, scale: float,
+                generator: torch.Generator | None) -> torch.Tensor:
+    rms = reference.float().pow(2).mean().sqrt().clamp_min(torch.finfo(torch.float32).tiny)
+    noise = torch.randn(target.shape, generator=generator, device="cpu").to(target.device)
+    return (scale * rms * noise).to(target.dtype)
+
+
+def kmeans(points: torch.Tensor, k: int, iterations: int,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """k centroids (k, d) of points (N, d): k random points refined by Lloyd iterations.
+
+    With fewer than k points, points are drawn with replacement. An empty cluster keeps
+    its previous centroid.
+    """
+    n = len(points)
+    if n >= k:
+        pick = torch.randperm(n, generator=generator)[:k]
+    else:
+        pick = torch.randint(n, (k,), generator=generator)
+    centroids = points[pick.to(points.device)].clone()
+    for _ in range(iterations):
+        nearest = nearest_rows(points, centroids)  # (N,)
+        sums = torch.zeros_like(centroids).index_add_(0, nearest, points)
+        counts = torch.bincount(nearest, minlength=k).unsqueeze(1)  # (k, 1)
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+    return centroids
+
+
+def nearest_rows(points: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest row of table (K, d) for each point (N, d), computed in chunks."""
+    norms = table.pow(2).sum(1)  # (K,)
+    rows = max(1, CHUNK_ELEMENTS // len(table))
+    nearest = [torch.addmm(norms, chunk, table.t(), alpha=-2.0).argmin(dim=1)
+               for chunk in points.split(rows)]
+    return torch.cat(nearest) if nearest else points.new_zeros(0, dtype=torch.long)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+class VectorQuantizer(nn.Module):
+    """Base class of AVQ, PVQ and RVQ: NSVQ training, usage counting and replacement.
+
+    Subclasses create ``self.codebooks`` (an ``nn.Parameter``) in their constructor and
+    implement ``_encode(x) -> codes`` for x (N, D) float and codes (N, M) long, and
+    ``_decode(codes) -> (N, D)``, differentiable with respect to ``codebooks``.
+
+    Attributes:
+        num_stages: M, the number of codebooks.
+        num_codebooks: K = 2**vq_bitrate_per_stage, entries per codebook (the original's name).
+        data_dim: D.
+        bits_per_vector: M * vq_bitrate_per_stage.
+        codebook_usage: (M, K) int64 buffer, batches in which each codeword was used
+            since the last replacement (training mode only).
+    """
+
+    def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
+                 discard_threshold: float = 0.01, *, check_finite: bool = True,
+                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE):
+        super().__init__()
+        self.num_stages = _check_int("num_stages", num_stages)
+        self.vq_bitrate_per_stage = _check_int("vq_bitrate_per_stage", vq_bitrate_per_stage)
+        if vq_bitrate_per_stage > 30:
+            raise ValueError(f"vq_bitrate_per_stage must be <= 30, got {vq_bitrate_per_stage}")
+        self.data_dim = _check_int("data_dim", data_dim)
+        if isinstance(discard_threshold, bool) or not isinstance(discard_threshold, (int, float)):
+            raise TypeError("discard_threshold must be a float in [0, 1], "
+                            f"got {type(discard_threshold).__name__}")
+        if not 0.0 <= discard_threshold <= 1.0:
+            raise ValueError(f"discard_threshold must be in [0, 1], got {discard_threshold}")
+        if not replacement_noise >= 0.0:
+            raise ValueError(f"replacement_noise must be >= 0, got {replacement_noise}")
+        self.discard_threshold = float(discard_threshold)
+        self.check_finite = bool(check_finite)
+        self.replacement_noise = float(replacement_noise)
+        self.num_codebooks = 2 ** vq_bitrate_per_stage
+        self.bits_per_vector = num_stages * vq_bitrate_per_stage
+        self.register_buffer(
+            "codebook_usage", torch.zeros(num_stages, self.num_codebooks, dtype=torch.long))
+
+    @staticmethod
+    def _uniform_codebooks(shape: tuple[int, ...], num_codebooks: int, device) -> nn.Parameter:
+        """Codebooks drawn from Uniform(-1/K, 1/K), the paper's initialisation."""
+        bound = 1.0 / num_codebooks
+        table = torch.empty(shape, device=device).uniform_(-bound, bound)
+        return nn.Parameter(table)
+
+    # --- public API -------------------------------------------------------------------
+
+    def forward(self, input_data: torch.Tensor, train_mode: bool | None = None):
+        """Quantize ``input_data`` (..., D).
+
+        Args:
+            input_data: float tensor whose last dimension is ``data_dim``.
+            train_mode: True for the NSVQ output (differentiable, counts codebook usage),
+                False for the hard-quantized vectors (detached). None follows
+                ``self.training``.
+
+        Distances are computed in float32 (float64 for float64 input).
+
+        Returns:
+            (quantized, codebook_usage): quantized has the input's shape and dtype;
+            codebook_usage is an (M, K) int64 snapshot of the usage counters.
+        """
+        x, shape = self._flatten(input_data, "input_data")  # (N, D) float32 or float64
+        if train_mode is None:
+            train_mode = self.training
+        with torch.no_grad():
+            codes = self._encode(x.detach())  # (N, M)
+        if train_mode:
+            count_usage(self.codebook_usage, codes)
+            out = noise_substitution(x, self._decode(codes).to(x.dtype))
+        else:
+            with torch.no_grad():
+                out = self._decode(codes)
+        return out.to(input_data.dtype).reshape(shape), self.codebook_usage.clone()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Indices of the chosen codewords: (..., D) float -> (..., M) int64."""
+        flat, shape = self._flatten(x, "x")
+        with torch.no_grad():
+            codes = self._encode(flat)
+        return codes.reshape(*shape[:-1], self.num_stages)
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Reconstruct vectors from codeword indices: (..., M) int -> (..., D) float32."""
+        self._check_indices(indices)
+        flat = indices.reshape(-1, self.num_stages).to(self.codebooks.device, torch.long)
+        return self._decode(flat).reshape(*indices.shape[:-1], self.data_dim)
+
+    @torch.no_grad()
+    def replace_unused_codebooks(self, num_batches: int, *, verbose: bool = True,
+                                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Replace codewords used in fewer than ``discard_threshold`` of the last batches.
+
+        Call it every ``num_batches`` training batches. A codeword whose usage count
+        divided by ``num_batches`` is below ``discard_threshold`` is unused; each unused
+        codeword is overwritten by a randomly chosen used codeword of the same codebook
+        (AVQ: of the whole table) plus small noise, so it can start to learn where the
+        data are. If no codeword of a codebook is used, that codebook is perturbed.
+        Then the usage counters are reset to zero. Replacing regularly helps all
+        codewords take part; stop calling it in the last part of training so that new
+        codewords have time to settle (the example scripts skip the last
+        ``2 * num_batches`` steps).
+
+        Under ``torch.distributed`` every rank must call it: usage is summed over ranks,
+        the replacement is decided on rank 0 and broadcast, so all replicas stay equal.
+
+        Args:
+            num_batches: batches since the last call (>= 1).
+            verbose: print one line with the number of replaced codewords.
+            generator: optional torch.Generator (CPU) for the random choices.
+
+        Returns:
+            (M,) int64 CPU tensor, the number of codewords replaced in each codebook.
+        """
+        _check_int("num_batches", num_batches)
+        usage = self.codebook_usage
+        world = 1
+        if _distributed():
+            usage = usage.clone()
+            dist.all_reduce(usage)
+            world = dist.get_world_size()
+        unused = usage.double() / (num_batches * world) < self.discard_threshold  # (M, K)
+        if not _distributed() or dist.get_rank() == 0:
+            self._replace(unused, generator)
+        if _distributed():
+            dist.broadcast(self.codebooks.detach(), src=0)
+        self.codebook_usage.zero_()
+        replaced = unused.sum(dim=1).cpu()
+        if verbose and (not _distributed() or dist.get_rank() == 0):
+            per_codebook = ", ".join(str(int(n)) for n in replaced)
+            print(f"Replaced {int(replaced.sum())} of {unused.numel()} codebook entries "
+                  f"(per codebook: {per_codebook})")
+        return replaced
+
+    @torch.no_grad()
+    def initialize_from_data(self, samples: torch.Tensor, *, kmeans_iterations: int = 10,
+                             generator: torch.Generator | None = None) -> None:
+        """Data-dependent initialisation, for data far from the paper's ±1/K codebooks.
+
+        Codebook by codebook, in stage order, the codewords are set to k-means centroids
+        (``kmeans_iterations`` Lloyd iterations from random samples) of what that
+        codebook quantizes: the sub-vectors (PVQ) or the residual left by the codebooks
+        already initialised (RVQ, and AVQ in codebook order). Usage counters are reset.
+
+        Args:
+            samples: (..., D) training vectors; a few times K of them or more is best.
+            kmeans_iterations: Lloyd iterations per codebook; 0 takes random samples.
+            generator: optional CPU torch.Generator for the random choices.
+        """
+        x, _ = self._flatten(samples, "samples")
+        if len(x) == 0:
+            raise ValueError("samples must hold at least one vector")
+        _check_int("kmeans_iterations", kmeans_iterations, minimum=0)
+        residual = x
+        for stage in range(self.num_stages):
+            target = self._init_target(x, residual, stage)  # (N, d)
+            table = self._stage_table(stage)
+            table.copy_(kmeans(target, self.num_codebooks, kmeans_iterations, generator))
+            residual = target - table[nearest_rows(target, table.to(target.dtype))]
+        self.codebook_usage.zero_()
+
+    def extra_repr(self) -> str:
+        return (f"num_stages={self.num_stages}, vq_bitrate_per_stage={self.vq_bitrate_per_stage}, "
+                f"data_dim={self.data_dim}, discard_threshold={self.discard_threshold}")
+
+    # --- subclass hooks ---------------------------------------------------------------
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode x (N, D) in chunks of at most ``_chunk_rows()`` rows -> (N, M)."""
+        tables = self._tables(x.dtype)
+        rows = self._chunk_rows()
+        if len(x) <= rows:
+            return self._encode_chunk(x, tables)
+        return torch.cat([self._encode_chunk(chunk, tables) for chunk in x.split(rows)])
+
+    def _chunk_rows(self) -> int:
+        """Rows encoded at once, so that the largest temporary has ~CHUNK_ELEMENTS entries."""
+        return max(1, CHUNK_ELEMENTS // self._elements_per_row())
+
+    def _elements_per_row(self) -> int:
+        raise NotImplementedError
+
+    def _tables(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """Per-call precomputed tables (codewords in ``dtype``, their squared norms, ...)."""
+        raise NotImplementedError
+
+    def _encode_chunk(self, x: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _replace(self, unused: torch.Tensor, generator: torch.Generator | None) -> None:
+        """Replace unused codewords codebook by codebook; unused: (M, K) bool."""
+        for stage in range(self.num_stages):
+            replace_rows(self._stage_table(stage), unused[stage], self.replacement_noise, generator)
+
+    def _init_target(self, x: torch.Tensor, residual: torch.Tensor, stage: int) -> torch.Tensor:
+        """What codebook ``stage`` quantizes during ``initialize_from_data``, (N, d)."""
+        return residual
+
+    def _stage_table(self, stage: int) -> torch.Tensor:
+        """A (K, d) view of codebook ``stage`` inside ``self.codebooks``."""
+        return self.codebooks.detach()[stage]
+
+    # --- checks and loading -----------------------------------------------------------
+
+    def _flatten(self, x, name: str) -> tuple[torch.Tensor, torch.Size]:
+        """Check ``x`` (..., D) and return it as (N, D) on the codebooks' device."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating point tensor, got {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self.data_dim:
+            raise ValueError(f"{name} must have shape (..., {self.data_dim}), "
+                             f"got {tuple(x.shape)}")
+        if x.device != self.codebooks.device:
+            raise ValueError(f"{name} is on {x.device} but the codebooks are on "
+                             f"{self.codebooks.device}; move the module with .to()")
+        if self.check_finite and not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+        work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return x.reshape(-1, self.data_dim).to(work_dtype), x.shape
+
+    def _check_indices(self, indices) -> None:
+        if not isinstance(indices, torch.Tensor):
+            raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
+        if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+            raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
+        if indices.dim() == 0 or indices.shape[-1] != self.num_stages:
+            raise ValueError(f"indices must have shape (..., {self.num_stages}) (one index per "
+                             f"codebook), got {tuple(indices.shape)}")
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_codebooks):
+            raise ValueError(f"indices must be in [0, {self.num_codebooks - 1}], got values in "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        # Checkpoints of the original implementation hold only ``codebooks``.
+        key = prefix + "codebook_usage"
+        if key not in state_dict and prefix + "codebooks" in state_dict:
+            state_dict[key] = torch.zeros_like(self.codebook_usage)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)

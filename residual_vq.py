@@ -1,0 +1,62 @@
+"""Residual vector quantization (RVQ) trained with NSVQ.
+
+Each of the M stages quantizes what the previous stages left over: ``r = x``; for each
+stage ``i = argmin ||r - C_s[i]||²``, ``r = r - C_s[i]``; the output is the sum of the
+chosen codewords.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nsvq import CPU, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer
+
+
+class RVQ(VectorQuantizer):
+    """Residual VQ with M codebooks of K = 2**vq_bitrate_per_stage entries of dimension D.
+
+    Args:
+        num_stages: M, number of codebooks (stages).
+        vq_bitrate_per_stage: bits per stage, K = 2**bits entries per codebook.
+        data_dim: D, dimension of the vectors to quantize.
+        discard_threshold: usage fraction below which ``replace_unused_codebooks``
+            replaces a codeword.
+        device: where the codebooks live.
+        check_finite: reject NaN/Inf input (one host sync per call; turn off for speed).
+        replacement_noise: noise of a replaced codeword, relative to the codewords' RMS.
+
+    The trainable parameter ``codebooks`` has shape (M, K, D).
+    """
+
+    def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
+                 discard_threshold: float = 0.01, device=CPU, *,
+                 check_finite: bool = True,
+                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE):
+        super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold,
+                         check_finite=check_finite, replacement_noise=replacement_noise)
+        self.codebooks = self._uniform_codebooks(
+            (num_stages, self.num_codebooks, data_dim), self.num_codebooks, device)
+        self.codebook_usage = self.codebook_usage.to(device)
+
+    def _elements_per_row(self) -> int:
+        return self.num_codebooks
+
+    def _tables(self, dtype):
+        codebooks = self.codebooks.detach().to(dtype)  # (M, K, D)
+        return codebooks, codebooks.pow(2).sum(-1)  # (M, K, D), (M, K)
+
+    def _encode_chunk(self, x, tables):
+        codebooks, norms = tables
+        residual = x.clone()  # (N, D)
+        codes = []
+        for stage in range(self.num_stages):
+            # ||r - c||² - ||r||² = ||c||² - 2 <r, c>, (N, K)
+            distances = torch.addmm(norms[stage], residual, codebooks[stage].t(), alpha=-2.0)
+            index = distances.argmin(dim=1)  # (N,)
+            residual -= codebooks[stage, index]
+            codes.append(index)
+        return torch.stack(codes, dim=1)  # (N, M)
+
+    def _decode(self, codes):
+        stages = torch.arange(self.num_stages, device=codes.device)
+        return self.codebooks[stages, codes].sum(dim=1)  # (N, M, D) -> (N, D)
