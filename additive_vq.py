@@ -68,8 +68,7 @@ class AVQ(VectorQuantizer):
                            self.beam_width)
 
     def _decode(self, codes):
-        offsets = torch.arange(self.num_stages, device=codes.device) * self.num_codebooks
-        return self.codebooks[codes + offsets].sum(dim=1)  # (N, M, D) -> (N, D)
+        return self._gather_codewords(codes).sum(dim=1)  # (N, M, D) -> (N, D)
 
     def _stage_table(self, stage):
         entries = self.num_codebooks

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn import functional as F
 
 CPU = torch.device("cpu")
 NSVQ_EPS = 1e-12
@@ -308,6 +309,12 @@ class VectorQuantizer(nn.Module):
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def _gather_codewords(self, codes: torch.Tensor) -> torch.Tensor:
+        """The chosen codewords (N, M, d) for codes (N, M), differentiable in ``codebooks``."""
+        offsets = torch.arange(self.num_stages, device=codes.device) * self.num_codebooks
+        table = self.codebooks.reshape(self.num_stages * self.num_codebooks, -1)  # (MK, d)
+        return F.embedding(codes + offsets, table)
 
     def _replace(self, unused: torch.Tensor, generator: torch.Generator | None) -> None:
         """Replace unused codewords codebook by codebook; unused: (M, K) bool."""

@@ -59,5 +59,4 @@ class PVQ(VectorQuantizer):
         return x[:, stage * self.sub_dim:(stage + 1) * self.sub_dim]
 
     def _decode(self, codes):
-        stages = torch.arange(self.num_stages, device=codes.device)
-        return self.codebooks[stages, codes].reshape(len(codes), self.data_dim)
+        return self._gather_codewords(codes).reshape(len(codes), self.data_dim)  # (N, D)

@@ -58,5 +58,4 @@ class RVQ(VectorQuantizer):
         return torch.stack(codes, dim=1)  # (N, M)
 
     def _decode(self, codes):
-        stages = torch.arange(self.num_stages, device=codes.device)
-        return self.codebooks[stages, codes].sum(dim=1)  # (N, M, D) -> (N, D)
+        return self._gather_codewords(codes).sum(dim=1)  # (N, M, D) -> (N, D)

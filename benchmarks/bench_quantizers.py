@@ -1,0 +1,202 @@
+"""Speed of the three quantizers: training steps, encode throughput, faiss and hardware limit.
+
+    python benchmarks/bench_quantizers.py                  # CPU, every section
+    python benchmarks/bench_quantizers.py --device cuda    # GPU: adds the limit and memory rows
+    python benchmarks/bench_quantizers.py --quick          # smaller batches, fewer repeats
+
+Sections (each row measured in this run, median of several repeats):
+  1. training step (forward + backward + Adam) at batch 64, D = 128;
+  2. encode throughput at large batch;
+  3. RVQ/PVQ encode against faiss-cpu's ResidualQuantizer (beam 1, the same greedy
+     search) and ProductQuantizer at the same configuration and thread count
+     (skipped when faiss is not installed);
+  4. on CUDA: the distance-plus-argmin pass that bounds any encoder (one matrix product
+     and an argmin over the same number of codewords) and peak memory of a large encode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from additive_vq import AVQ  # noqa: E402
+from product_vq import PVQ  # noqa: E402
+from residual_vq import RVQ  # noqa: E402
+
+
+def build(method: str, stages: int, bits: int, dim: int, beam: int, device: str,
+          compile_model: bool = False):
+    """A quantizer with N(0,1)-initialised codebooks (input checks off, as in a tuned loop)."""
+    if method == "AVQ":
+        module = AVQ(stages, bits, dim, beam, device=device, check_finite=False)
+    else:
+        module = {"RVQ": RVQ, "PVQ": PVQ}[method](stages, bits, dim, device=device,
+                                                  check_finite=False)
+    with torch.no_grad():
+        module.codebooks.normal_(0, 0.3 / stages**0.5)
+    return torch.compile(module) if compile_model else module
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs, after one warm-up run."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def train_step_ms(method, stages, bits, beam, device, steps, repeats, compile_model) -> float:
+    module = build(method, stages, bits, 128, beam, device, compile_model)
+    module.train()
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    data = torch.randn(steps, 64, 128, device=device)
+
+    def run():
+        for batch in data:
+            out, _ = module(batch)
+            loss = (batch - out).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return 1e3 * timed(run, repeats, device) / steps
+
+
+def encode_rate(module, x: torch.Tensor, repeats: int, device: str) -> float:
+    """Vectors per second of ``module.encode``."""
+    module.eval()
+    with torch.no_grad():
+        return len(x) / timed(lambda: module.encode(x), repeats, device)
+
+
+def section_train(args, rows):
+    configs = [("AVQ", 3, 5, 8), ("AVQ", 4, 5, 16), ("RVQ", 4, 7, 1), ("PVQ", 4, 7, 1),
+               ("RVQ", 4, 5, 1), ("PVQ", 4, 5, 1)]
+    for method, stages, bits, beam in configs:
+        ms = train_step_ms(method, stages, bits, beam, args.device, args.steps, args.repeats,
+                           args.compile)
+        rows.append(("train step, batch 64, D=128", describe(method, stages, bits, beam),
+                     f"{ms:.3f} ms"))
+
+
+def section_encode(args, rows):
+    batch = 8192 if args.quick else 65536
+    x = torch.randn(batch, 128, device=args.device)
+    configs = [("AVQ", 3, 5, 8), ("AVQ", 4, 8, 16), ("RVQ", 4, 8, 1), ("PVQ", 4, 8, 1)]
+    if args.device == "cuda":
+        configs += [("RVQ", 4, 10, 1), ("PVQ", 4, 10, 1)]
+    for method, stages, bits, beam in configs:
+        module = build(method, stages, bits, 128, beam, args.device)
+        rate = encode_rate(module, x, args.repeats, args.device)
+        rows.append((f"encode, batch {batch}, D=128", describe(method, stages, bits, beam),
+                     f"{rate / 1e6:.3f} M vectors/s"))
+
+
+def section_faiss(args, rows):
+    try:
+        import faiss
+    except ImportError:
+        rows.append(("faiss comparison", "faiss-cpu not installed", "skipped"))
+        return
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    batch, dim, stages, bits = (8192 if args.quick else 65536), 64, 4, 8
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randn(16384, dim, generator=generator)
+    x = torch.randn(batch, dim, generator=generator)
+    x_np = x.numpy()
+    for method in ("RVQ", "PVQ"):
+        module = build(method, stages, bits, dim, 1, "cpu")
+        module.initialize_from_data(train, kmeans_iterations=0)
+        ours = encode_rate(module, x, args.repeats, "cpu")
+        if method == "RVQ":
+            reference = faiss.ResidualQuantizer(dim, stages, bits)
+            reference.max_beam_size = 1
+            name = "faiss ResidualQuantizer, beam 1"
+        else:
+            reference = faiss.ProductQuantizer(dim, stages, bits)
+            name = "faiss ProductQuantizer"
+        reference.train(train.numpy())
+        theirs = batch / timed(lambda ref=reference: ref.compute_codes(x_np), args.repeats, "cpu")
+        label = f"encode, batch {batch}, D={dim}, {torch.get_num_threads()} threads"
+        rows.append((label, describe(method, stages, bits, 1), f"{ours / 1e6:.3f} M vectors/s"))
+        rows.append((label, f"{name} {stages}x{bits}b", f"{theirs / 1e6:.3f} M vectors/s "
+                     f"(ours: {ours / theirs:.2f}x)"))
+
+
+def section_cuda(args, rows):
+    batch = 8192 if args.quick else 65536
+    x = torch.randn(batch, 128, device="cuda")
+    for codewords in (96, 4096):
+        table = torch.randn(codewords, 128, device="cuda")
+        norms = table.pow(2).sum(1)
+        rate = batch / timed(lambda t=table, n=norms: torch.addmm(n, x, t.t(), alpha=-2.0)
+                             .argmin(dim=1), args.repeats, "cuda")
+        rows.append((f"limit, batch {batch}, D=128", f"distance + argmin, {codewords} codewords",
+                     f"{rate / 1e6:.3f} M vectors/s"))
+    module = build("AVQ", 4, 8, 128, 16, "cuda")
+    module.eval()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with torch.no_grad():
+        module.encode(x)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**30
+    rows.append((f"peak memory, batch {batch}", describe("AVQ", 4, 8, 16), f"{peak:.2f} GiB"))
+
+
+def describe(method: str, stages: int, bits: int, beam: int) -> str:
+    text = f"{method} {stages}x{bits}b"
+    return f"{text}, beam {beam}" if method == "AVQ" else text
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="smaller batches, fewer repeats")
+    parser.add_argument("--threads", type=int, default=None, help="torch (and faiss) threads")
+    parser.add_argument("--compile", action="store_true",
+                        help="wrap the modules in torch.compile for the training-step rows")
+    parser.add_argument("--sections", default="train,encode,faiss,cuda",
+                        help="comma-separated subset of train, encode, faiss, cuda")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.repeats = 3 if args.quick else 7
+    args.steps = 20 if args.quick else 100
+    sections = set(args.sections.split(","))
+
+    device_name = (torch.cuda.get_device_name() if args.device == "cuda"
+                   else f"CPU, {torch.get_num_threads()} threads")
+    print(f"# torch {torch.__version__}, device: {device_name}")
+    rows = []
+    if "train" in sections:
+        section_train(args, rows)
+    if "encode" in sections:
+        section_encode(args, rows)
+    if "faiss" in sections and args.device == "cpu":
+        section_faiss(args, rows)
+    if "cuda" in sections and args.device == "cuda":
+        section_cuda(args, rows)
+    width = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print(" | ".join(cell.ljust(w) for cell, w in zip(row, width)))
+
+
+if __name__ == "__main__":
+    main()
