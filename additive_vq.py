@@ -50,6 +50,8 @@ class AVQ(VectorQuantizer):
         self.codebooks = self._uniform_codebooks(
             (num_stages * self.num_codebooks, data_dim), self.num_codebooks, device)
         self.codebook_usage = self.codebook_usage.to(device)
+        self.register_buffer("code_keys", _code_keys(num_stages, self.num_codebooks, device),
+                             persistent=False)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, beam_width={self.beam_width}"
@@ -64,7 +66,7 @@ class AVQ(VectorQuantizer):
 
     def _encode_chunk(self, x, tables):
         codewords, norms, cross = tables
-        return beam_search(x, codewords, norms, cross, self.num_stages, self.num_codebooks,
+        return beam_search(x, codewords, norms, cross, self.code_keys, self.num_stages,
                            self.beam_width)
 
     def _decode(self, codes):
@@ -79,7 +81,7 @@ class AVQ(VectorQuantizer):
 
 
 def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
-                cross: torch.Tensor, num_stages: int, num_codebooks: int,
+                cross: torch.Tensor, code_keys: torch.Tensor, num_stages: int,
                 beam_width: int) -> torch.Tensor:
     """Choose one codeword per codebook so that their sum is close to x.
 
@@ -89,30 +91,31 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
         norms: (M*K,) squared codeword norms.
         cross: (M*K, M*K) codeword inner products, +inf between codewords of the same
             codebook (see ``cross_table``), which keeps a used codebook out of a tuple.
+        code_keys: (M*K,) integer key share of each codeword (see ``_code_keys``).
+        num_stages: M. beam_width: tuples kept at each step.
 
     Returns:
         (N, M) int64, the index within each codebook, ordered by codebook.
     """
-    n, stages, entries = len(x), num_stages, num_codebooks
-    total = stages * entries
-    code_key = _code_keys(stages, entries, x.device)  # (MK,) codeword's share of a set key
+    n, stages, total = len(x), num_stages, len(codewords)
+    entries = total // stages
     # error of adding codeword j to an empty tuple, less the constant ||x||², (N, MK)
     base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
 
     error, chosen = base.topk(min(beam_width, total), dim=1, largest=False)  # (N, B)
-    key = code_key[chosen]  # (N, B) identifies the set of chosen codewords
+    key = code_keys[chosen]  # (N, B) identifies the set of chosen codewords
     crossed = cross[chosen]  # (N, B, MK) Σ over the tuple of <c_i, c_j>, inf for used codebooks
     history = [(None, chosen)]  # per step: (parent beam, added codeword), each (N, B)
 
     for step in range(1, stages):
         beams = chosen.shape[1]
         # error of extending a tuple by codeword j: e + ||c_j||² - 2<x,c_j> + 2Σ_i<c_i,c_j>
-        delta = torch.addcmul(base.unsqueeze(1), crossed, crossed.new_tensor(2.0))  # (N, B, MK)
+        delta = torch.add(base.unsqueeze(1), crossed, alpha=2.0)  # (N, B, MK)
         width = min(beam_width, (stages - step) * entries)
         extend, candidate = delta.topk(width, dim=2, largest=False)  # (N, B, W)
         candidate = candidate.reshape(n, beams * width)
         candidate_error = (error.unsqueeze(2) + extend).reshape(n, beams * width)
-        candidate_key = (key.unsqueeze(2) + code_key[candidate].reshape(n, beams, width))
+        candidate_key = (key.unsqueeze(2) + code_keys[candidate].reshape(n, beams, width))
         candidate_key = candidate_key.reshape(n, beams * width)
         candidate_error = _drop_duplicate_sets(candidate_error, candidate_key)
 
