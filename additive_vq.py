@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from nsvq import CPU, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer, _check_int, replace_rows
+from nsvq import CPU, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer, check_int, replace_rows
+
+_HUGE = 1e30  # stands in for a non-finite distance; a sum of M of them stays finite
 
 
 class AVQ(VectorQuantizer):
@@ -46,7 +48,7 @@ class AVQ(VectorQuantizer):
                  replacement_noise: float = DEFAULT_REPLACEMENT_NOISE):
         super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold,
                          check_finite=check_finite, replacement_noise=replacement_noise)
-        self.beam_width = _check_int("beam_width", beam_width)
+        self.beam_width = check_int("beam_width", beam_width)
         self.codebooks = self._uniform_codebooks(
             (num_stages * self.num_codebooks, data_dim), self.num_codebooks, device)
         self.codebook_usage = self.codebook_usage.to(device)
@@ -99,8 +101,11 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     """
     n, stages, total = len(x), num_stages, len(codewords)
     entries = total // stages
-    # error of adding codeword j to an empty tuple, less the constant ||x||², (N, MK)
+    # error of adding codeword j to an empty tuple, less the constant ||x||², (N, MK);
+    # non-finite input (allowed with check_finite=False) must not outrank the +inf that
+    # keeps used codebooks out, so its errors are clamped to finite values
     base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
+    base = torch.nan_to_num(base, nan=_HUGE, posinf=_HUGE, neginf=-_HUGE)
 
     error, chosen = base.topk(min(beam_width, total), dim=1, largest=False)  # (N, B)
     key = code_keys[chosen]  # (N, B) identifies the set of chosen codewords

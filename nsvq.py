@@ -108,7 +108,7 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _check_int(name: str, value, minimum: int = 1) -> int:
+def check_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
@@ -136,11 +136,11 @@ class VectorQuantizer(nn.Module):
                  discard_threshold: float = 0.01, *, check_finite: bool = True,
                  replacement_noise: float = DEFAULT_REPLACEMENT_NOISE):
         super().__init__()
-        self.num_stages = _check_int("num_stages", num_stages)
-        self.vq_bitrate_per_stage = _check_int("vq_bitrate_per_stage", vq_bitrate_per_stage)
+        self.num_stages = check_int("num_stages", num_stages)
+        self.vq_bitrate_per_stage = check_int("vq_bitrate_per_stage", vq_bitrate_per_stage)
         if vq_bitrate_per_stage > 30:
             raise ValueError(f"vq_bitrate_per_stage must be <= 30, got {vq_bitrate_per_stage}")
-        self.data_dim = _check_int("data_dim", data_dim)
+        self.data_dim = check_int("data_dim", data_dim)
         if isinstance(discard_threshold, bool) or not isinstance(discard_threshold, (int, float)):
             raise TypeError("discard_threshold must be a float in [0, 1], "
                             f"got {type(discard_threshold).__name__}")
@@ -232,7 +232,7 @@ class VectorQuantizer(nn.Module):
         Returns:
             (M,) int64 CPU tensor, the number of codewords replaced in each codebook.
         """
-        _check_int("num_batches", num_batches)
+        check_int("num_batches", num_batches)
         usage = self.codebook_usage
         world = 1
         if _distributed():
@@ -270,7 +270,7 @@ class VectorQuantizer(nn.Module):
         x, _ = self._flatten(samples, "samples")
         if len(x) == 0:
             raise ValueError("samples must hold at least one vector")
-        _check_int("kmeans_iterations", kmeans_iterations, minimum=0)
+        check_int("kmeans_iterations", kmeans_iterations, minimum=0)
         residual = x
         for stage in range(self.num_stages):
             target = self._init_target(x, residual, stage)  # (N, d)

@@ -1,0 +1,23 @@
+"""Shared test setup: the library is a flat set of modules at the repository root."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+for path in (ROOT, TESTS):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+# The tests use tiny tensors: intra-op threads only add synchronisation cost, which on a
+# busy 2-core machine makes every small op ~100x slower.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same torch random state."""
+    torch.manual_seed(0)

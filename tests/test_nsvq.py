@@ -1,0 +1,611 @@
+"""Behaviour shared by AVQ, PVQ and RVQ (nsvq.VectorQuantizer), tested on all three.
+
+NSVQ training output, usage counting, codebook replacement, checkpoints, shapes and
+dtypes, input checks, determinism and chunked encoding.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import nsvq
+from additive_vq import AVQ
+from nsvq import noise_substitution
+from product_vq import PVQ
+from residual_vq import RVQ
+
+M, BITS, D = 3, 3, 12
+K = 2**BITS
+
+FACTORIES = {
+    "AVQ": lambda **kw: AVQ(M, BITS, D, 4, **kw),
+    "PVQ": lambda **kw: PVQ(M, BITS, D, **kw),
+    "RVQ": lambda **kw: RVQ(M, BITS, D, **kw),
+}
+CLASSES = {"AVQ": AVQ, "PVQ": PVQ, "RVQ": RVQ}
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def kind(request):
+    return request.param
+
+
+def make(kind, random_codebooks=True, **kwargs):
+    """A quantizer of the shared test configuration, optionally with N(0, 1) codebooks."""
+    vq = FACTORIES[kind](**kwargs)
+    if random_codebooks:
+        with torch.no_grad():
+            vq.codebooks.copy_(torch.randn(vq.codebooks.shape))
+    return vq
+
+
+def stage_rows(vq, stage):
+    """Codebook ``stage`` of any quantizer as a (K, d) tensor."""
+    if isinstance(vq, AVQ):
+        return vq.codebooks.detach()[stage * vq.num_codebooks:(stage + 1) * vq.num_codebooks]
+    return vq.codebooks.detach()[stage]
+
+
+def used_mask(vq, codes):
+    """(M, K) bool: which codewords the codes (N, M) use."""
+    mask = torch.zeros(vq.num_stages, vq.num_codebooks, dtype=torch.bool)
+    for stage in range(vq.num_stages):
+        mask[stage, codes[:, stage]] = True
+    return mask
+
+
+# --- construction ----------------------------------------------------------------------
+
+
+def test_attributes_and_shapes(kind):
+    vq = make(kind, random_codebooks=False)
+    expected = {"AVQ": (M * K, D), "PVQ": (M, K, D // M), "RVQ": (M, K, D)}[kind]
+    assert vq.codebooks.shape == expected
+    assert isinstance(vq.codebooks, torch.nn.Parameter)
+    assert vq.codebook_usage.shape == (M, K)
+    assert vq.codebook_usage.dtype == torch.int64
+    assert "codebook_usage" in dict(vq.named_buffers())
+    assert (vq.num_stages, vq.num_codebooks, vq.data_dim) == (M, K, D)
+    assert vq.bits_per_vector == M * BITS
+
+
+def test_initialisation_is_uniform_in_one_over_k(kind):
+    vq = make(kind, random_codebooks=False)
+    assert vq.codebooks.abs().max() <= 1.0 / K
+    assert vq.codebooks.std() > 0.25 / K  # spread over the interval, not all zero
+
+
+# --- NSVQ ------------------------------------------------------------------------------
+
+
+def test_noise_substitution_distance_and_zero_error():
+    x = torch.randn(20, 5)
+    q = x + torch.randn(20, 5)
+    out = noise_substitution(x, q)
+    torch.testing.assert_close(
+        torch.linalg.vector_norm(out - x, dim=1), torch.linalg.vector_norm(q - x, dim=1))
+    assert torch.equal(noise_substitution(x, x.clone()), x)  # eps is in the denominator
+
+
+def test_train_output_is_at_quantization_error_distance(kind):
+    vq = make(kind)
+    x = torch.randn(64, D)
+    out, _ = vq(x, train_mode=True)
+    q = vq.decode(vq.encode(x)).detach()
+    assert out.shape == x.shape
+    torch.testing.assert_close(torch.linalg.vector_norm(out - x, dim=1),
+                               torch.linalg.vector_norm(x - q, dim=1), rtol=1e-5, atol=0)
+    assert not torch.allclose(out, q)  # a random point at that distance, not q itself
+
+
+def test_train_output_of_exact_codeword_is_the_input():
+    vq = make("PVQ")
+    codes = torch.randint(0, K, (16, M))
+    x = vq.decode(codes).detach()
+    assert torch.equal(vq.encode(x), codes)
+    out, _ = vq(x, train_mode=True)
+    assert torch.equal(out, x)
+
+
+def test_codebooks_get_gradients_from_the_output(kind):
+    vq = make(kind)
+    x = torch.randn(64, D)
+    out, _ = vq(x, train_mode=True)
+    out.pow(2).sum().backward()
+    grad = vq.codebooks.grad
+    assert grad is not None and grad.shape == vq.codebooks.shape
+    assert grad.abs().sum() > 0
+    used = used_mask(vq, vq.encode(x))
+    for stage in range(M):
+        stage_grad = grad[stage * K:(stage + 1) * K] if kind == "AVQ" else grad[stage]
+        assert stage_grad[used[stage]].abs().sum(dim=1).gt(0).all()
+        assert stage_grad[~used[stage]].abs().sum() == 0
+
+
+def test_gradients_reach_the_input(kind):
+    vq = make(kind)
+    x = torch.randn(8, D, requires_grad=True)
+    out, _ = vq(x, train_mode=True)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_eval_output_is_hard_quantized_and_detached(kind):
+    vq = make(kind)
+    x = torch.randn(32, D, requires_grad=True)
+    out, _ = vq(x, train_mode=False)
+    assert not out.requires_grad
+    assert torch.equal(out, vq.decode(vq.encode(x)))
+
+
+def test_train_mode_none_follows_module_training(kind):
+    vq = make(kind)
+    x = torch.randn(32, D)
+    q = vq.decode(vq.encode(x)).detach()
+    vq.train()
+    out, usage = vq(x)
+    assert out.requires_grad and not torch.allclose(out, q)
+    assert usage.sum() > 0
+    vq.eval()
+    out, usage_after = vq(x)
+    assert not out.requires_grad and torch.equal(out, q)
+    assert torch.equal(usage_after, usage)
+    vq.eval()
+    out, _ = vq(x, train_mode=True)  # an explicit argument wins over the module's mode
+    assert out.requires_grad
+
+
+# --- usage -----------------------------------------------------------------------------
+
+
+def test_usage_counts_batches_in_train_mode_only(kind):
+    vq = make(kind)
+    x = torch.randn(40, D)
+    used = used_mask(vq, vq.encode(x))
+    _, snapshot = vq(x, train_mode=False)
+    assert snapshot.sum() == 0 and vq.codebook_usage.sum() == 0
+    _, snapshot = vq(x, train_mode=True)
+    assert torch.equal(snapshot, used.long())
+    _, snapshot = vq(x, train_mode=True)
+    assert torch.equal(snapshot, 2 * used.long())  # batches, not vectors
+    assert torch.equal(vq.codebook_usage, 2 * used.long())
+    vq(x, train_mode=False)
+    assert torch.equal(vq.codebook_usage, 2 * used.long())
+
+
+def test_usage_snapshot_is_a_copy(kind):
+    vq = make(kind)
+    x = torch.randn(40, D)
+    _, snapshot = vq(x, train_mode=True)
+    assert snapshot.shape == (M, K) and snapshot.dtype == torch.int64
+    before = vq.codebook_usage.clone()
+    snapshot += 100
+    assert torch.equal(vq.codebook_usage, before)
+    _, later = vq(x, train_mode=True)
+    assert torch.equal(snapshot, before + 100)  # later passes do not touch old snapshots
+    assert torch.equal(later, 2 * before)
+
+
+# --- replacement of unused codewords ---------------------------------------------------
+
+
+def set_usage(vq, usage):
+    with torch.no_grad():
+        vq.codebook_usage.copy_(torch.as_tensor(usage))
+
+
+def assert_copied_from_used(rows, used_rows):
+    """Each row is close to, but not equal to, some used row (in float32)."""
+    distance = torch.cdist(rows.double(), used_rows.double()).min(dim=1).values  # (R,)
+    scale = used_rows.double().pow(2).sum(1).sqrt().mean()
+    assert (distance > 0).all()
+    assert (distance < 0.1 * scale).all()
+
+
+@pytest.mark.parametrize("threshold, num_batches, levels", [
+    (0.01, 100, [0, 1, 37]),   # usage 1 / 100 is not below 0.01
+    (0.5, 10, [4, 5, 9]),      # 4 / 10 is below 0.5, 5 / 10 is not
+    (0.0, 10, [0, 0, 3]),      # threshold 0 replaces nothing
+])
+def test_replace_exactly_the_entries_below_threshold(kind, capsys, threshold, num_batches,
+                                                     levels):
+    vq = make(kind, discard_threshold=threshold)
+    usage = torch.tensor(levels)[torch.randint(0, len(levels), (M, K))]
+    usage[:, 0] = levels[-1]  # every codebook has a used entry
+    set_usage(vq, usage)
+    unused = usage.double() / num_batches < threshold  # (M, K)
+    before = [stage_rows(vq, stage).clone() for stage in range(M)]
+    replaced = vq.replace_unused_codebooks(num_batches)
+
+    assert replaced.dtype == torch.int64 and replaced.shape == (M,)
+    assert torch.equal(replaced, unused.sum(dim=1))
+    assert vq.codebook_usage.sum() == 0 and vq.codebook_usage.shape == (M, K)
+    all_used = torch.cat([before[s][~unused[s]] for s in range(M)])
+    for stage in range(M):
+        after = stage_rows(vq, stage)
+        kept = ~unused[stage]
+        assert torch.equal(after[kept], before[stage][kept])  # bitwise
+        if unused[stage].any():
+            sources = all_used if kind == "AVQ" else before[stage][kept]
+            assert_copied_from_used(after[unused[stage]], sources)
+            assert not torch.equal(after[unused[stage]], before[stage][unused[stage]])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and str(int(replaced.sum())) in lines[0]
+
+
+def test_replace_is_silent_without_verbose(kind, capsys):
+    vq = make(kind)
+    vq.replace_unused_codebooks(5, verbose=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_replace_keeps_the_parameter_object(kind):
+    vq = make(kind)
+    parameter = vq.codebooks
+    vq.replace_unused_codebooks(3, verbose=False)
+    assert vq.codebooks is parameter and vq.codebooks.requires_grad
+
+
+def test_replace_all_unused_codebook_is_perturbed(kind):
+    vq = make(kind)
+    usage = torch.full((M, K), 7)
+    usage[1] = 0
+    set_usage(vq, usage)
+    before = vq.codebooks.detach().clone()
+    replaced = vq.replace_unused_codebooks(7, verbose=False)
+    assert replaced.tolist() == [0, K, 0]
+    after = stage_rows(vq, 1)
+    if kind == "AVQ":  # sources come from the whole table: the rows of codebooks 0 and 2
+        used_rows = torch.cat([before[:K], before[2 * K:]])
+        assert_copied_from_used(after, used_rows)
+    else:
+        old = before[1]
+        assert not torch.equal(after, old)
+        assert torch.allclose(after, old, atol=0.1)
+
+
+def test_replace_whole_table_unused_is_perturbed(kind):
+    vq = make(kind)
+    before = vq.codebooks.detach().clone()
+    replaced = vq.replace_unused_codebooks(4, verbose=False)
+    assert replaced.tolist() == [K] * M
+    after = vq.codebooks.detach()
+    assert (after != before).any(dim=-1).all()  # every codeword moved
+    assert torch.allclose(after, before, atol=0.1)  # slightly
+
+
+def test_replace_is_reproducible_with_seed(kind):
+    def run(use_generator):
+        torch.manual_seed(3)
+        vq = make(kind)
+        usage = torch.randint(0, 3, (M, K))
+        usage[:, 0] = 2
+        set_usage(vq, usage)
+        generator = torch.Generator().manual_seed(11) if use_generator else None
+        torch.manual_seed(5)
+        vq.replace_unused_codebooks(2, verbose=False, generator=generator)
+        return vq.codebooks.detach().clone()
+
+    assert torch.equal(run(True), run(True))
+    assert torch.equal(run(False), run(False))
+
+
+@pytest.mark.parametrize("num_batches", [0, -3])
+def test_replace_rejects_num_batches_below_one(kind, num_batches):
+    vq = make(kind)
+    set_usage(vq, torch.ones(M, K, dtype=torch.long))
+    before = vq.codebooks.detach().clone()
+    with pytest.raises(ValueError, match="num_batches"):
+        vq.replace_unused_codebooks(num_batches)
+    assert torch.equal(vq.codebooks.detach(), before)
+    assert vq.codebook_usage.sum() == M * K
+
+
+def test_replace_rejects_non_int_num_batches(kind):
+    with pytest.raises(TypeError, match="num_batches"):
+        make(kind).replace_unused_codebooks(2.5)
+
+
+# --- checkpoints and devices -----------------------------------------------------------
+
+
+def test_state_dict_round_trip(kind, tmp_path):
+    vq = make(kind)
+    vq(torch.randn(30, D), train_mode=True)
+    vq(torch.randn(30, D), train_mode=True)
+    state = vq.state_dict()
+    assert set(state) == {"codebooks", "codebook_usage"}
+    torch.save(state, tmp_path / "vq.pt")
+    other = make(kind)
+    other.load_state_dict(torch.load(tmp_path / "vq.pt"))
+    assert torch.equal(other.codebooks, vq.codebooks)
+    assert torch.equal(other.codebook_usage, vq.codebook_usage)
+    assert other.codebook_usage.sum() > 0
+    x = torch.randn(20, D)
+    assert torch.equal(other.encode(x), vq.encode(x))
+
+
+def test_loads_original_checkpoint_format(kind, tmp_path):
+    table = torch.randn(make(kind).codebooks.shape)
+    path = tmp_path / "original.pt"
+    torch.save({"vector_quantizer": {"codebooks": table}}, path)
+    vq = make(kind)
+    vq(torch.randn(10, D), train_mode=True)
+    result = vq.load_state_dict(torch.load(path)["vector_quantizer"])
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(vq.codebooks.detach(), table)
+    assert vq.codebook_usage.shape == (M, K) and vq.codebook_usage.sum() == 0
+
+
+def test_load_rejects_wrong_codebook_shape(kind):
+    vq = make(kind)
+    with pytest.raises(RuntimeError, match="codebooks"):
+        vq.load_state_dict({"codebooks": torch.randn(2, 2)})
+
+
+def test_to_moves_the_usage_buffer(kind):
+    vq = make(kind).to("meta")
+    assert vq.codebooks.device.type == "meta"
+    assert vq.codebook_usage.device.type == "meta"
+    vq = make(kind).to(torch.float64)
+    assert vq.codebooks.dtype == torch.float64
+    assert vq.codebook_usage.dtype == torch.int64
+
+
+def test_rejects_input_on_another_device(kind):
+    vq = make(kind).to("meta")
+    with pytest.raises(ValueError, match="input_data"):
+        vq(torch.randn(2, D))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(kind):
+    vq = make(kind)
+    x = torch.randn(200, D)
+    codes = vq.encode(x)
+    vq.to("cuda")
+    assert vq.codebook_usage.device.type == "cuda"
+    assert torch.equal(vq.encode(x.cuda()).cpu(), codes)
+    out, usage = vq(x.cuda(), train_mode=True)
+    assert out.device.type == "cuda" and usage.device.type == "cuda"
+    assert torch.equal(usage.cpu(), used_mask(vq, codes).long())
+    out.sum().backward()
+    vq.replace_unused_codebooks(1, verbose=False)
+    assert vq.codebook_usage.sum() == 0
+
+
+# --- shapes and dtypes -----------------------------------------------------------------
+
+
+def test_encode_decode_round_trip_equals_eval_forward(kind):
+    vq = make(kind)
+    x = torch.randn(50, D)
+    codes = vq.encode(x)
+    assert codes.shape == (50, M) and codes.dtype == torch.int64
+    assert codes.min() >= 0 and codes.max() < K
+    out, _ = vq(x, train_mode=False)
+    assert torch.equal(vq.decode(codes), out)
+    if kind == "PVQ":  # a product-quantized vector is its own code
+        assert torch.equal(vq.encode(out), codes)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, D), (D,), (2, 1, 3, D)])
+def test_shapes(kind, shape):
+    vq = make(kind)
+    x = torch.randn(shape)
+    codes = vq.encode(x)
+    assert codes.shape == shape[:-1] + (M,)
+    assert vq.decode(codes).shape == shape
+    for train_mode in (True, False):
+        out, usage = vq(x, train_mode=train_mode)
+        assert out.shape == shape and usage.shape == (M, K)
+    flat_codes = vq.encode(x.reshape(-1, D))
+    assert torch.equal(codes.reshape(-1, M), flat_codes)
+
+
+def test_non_contiguous_input(kind):
+    vq = make(kind)
+    x = torch.randn(D, 20).t()
+    assert torch.equal(vq.encode(x), vq.encode(x.contiguous()))
+    assert torch.equal(vq(x, train_mode=False)[0], vq(x.contiguous(), train_mode=False)[0])
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_empty_batch(kind, train_mode):
+    vq = make(kind)
+    x = torch.randn(0, D)
+    out, usage = vq(x, train_mode=train_mode)
+    assert out.shape == (0, D) and usage.sum() == 0
+    assert vq.encode(x).shape == (0, M)
+    assert vq.decode(torch.zeros(0, M, dtype=torch.long)).shape == (0, D)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_input_dtypes(kind, dtype):
+    vq = make(kind)
+    x = torch.randn(64, D).to(dtype)
+    codes = vq.encode(x)
+    assert torch.equal(codes, vq.encode(x.float()))
+    for train_mode in (True, False):
+        out, _ = vq(x, train_mode=train_mode)
+        assert out.dtype == dtype and out.shape == x.shape
+        assert torch.isfinite(out).all()
+    out, _ = vq(x, train_mode=False)
+    assert torch.equal(out, vq.decode(codes).detach().to(dtype))
+
+
+def test_float64_train_output_keeps_precision(kind):
+    vq = make(kind)
+    x = torch.randn(32, D, dtype=torch.float64)
+    out, _ = vq(x, train_mode=True)
+    q = vq.decode(vq.encode(x)).double()
+    torch.testing.assert_close(torch.linalg.vector_norm(out - x, dim=1),
+                               torch.linalg.vector_norm(x - q, dim=1), rtol=1e-6, atol=0)
+
+
+# --- bad inputs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["num_stages", "vq_bitrate_per_stage", "data_dim"])
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-2, ValueError),
+                                          (2.0, TypeError), ("2", TypeError),
+                                          (None, TypeError), (True, TypeError)])
+def test_constructor_rejects_bad_sizes(kind, name, value, error):
+    args = {"num_stages": 2, "vq_bitrate_per_stage": 2, "data_dim": 4}
+    args[name] = value
+    extra = (2,) if kind == "AVQ" else ()
+    with pytest.raises(error, match=name):
+        CLASSES[kind](args["num_stages"], args["vq_bitrate_per_stage"], args["data_dim"], *extra)
+
+
+@pytest.mark.parametrize("threshold", [-0.01, 1.01, float("nan")])
+def test_constructor_rejects_bad_discard_threshold(kind, threshold):
+    with pytest.raises(ValueError, match="discard_threshold"):
+        make(kind, random_codebooks=False, discard_threshold=threshold)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, 0, 1])
+def test_constructor_accepts_threshold_bounds(kind, threshold):
+    assert make(kind, random_codebooks=False, discard_threshold=threshold).discard_threshold \
+        == threshold
+
+
+def assert_rejected(vq, call, error, match):
+    """``call()`` raises and leaves the codebooks and usage counters untouched."""
+    codebooks = vq.codebooks.detach().clone()
+    usage = vq.codebook_usage.clone()
+    with pytest.raises(error, match=match):
+        call()
+    assert torch.equal(vq.codebooks.detach(), codebooks)
+    assert torch.equal(vq.codebook_usage, usage)
+
+
+BAD_INPUTS = {
+    "list": (lambda: [[0.0] * D], TypeError),
+    "numpy": (lambda: np.zeros((2, D), dtype=np.float32), TypeError),
+    "int tensor": (lambda: torch.zeros(2, D, dtype=torch.long), TypeError),
+    "bool tensor": (lambda: torch.zeros(2, D, dtype=torch.bool), TypeError),
+    "wrong dim": (lambda: torch.randn(2, D + 1), ValueError),
+    "scalar": (lambda: torch.tensor(1.0), ValueError),
+    "nan": (lambda: torch.randn(4, D).index_fill_(0, torch.tensor([2]), float("nan")),
+            ValueError),
+    "inf": (lambda: torch.randn(4, D).index_fill_(0, torch.tensor([1]), float("inf")),
+            ValueError),
+    "-inf": (lambda: torch.randn(4, D).index_fill_(0, torch.tensor([0]), float("-inf")),
+             ValueError),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_forward_rejects_bad_input(kind, case, train_mode):
+    make_input, error = BAD_INPUTS[case]
+    vq = make(kind)
+    vq(torch.randn(8, D), train_mode=True)  # non-zero usage to protect
+    assert_rejected(vq, lambda: vq(make_input(), train_mode=train_mode), error, "input_data")
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_encode_rejects_bad_input(kind, case):
+    make_input, error = BAD_INPUTS[case]
+    vq = make(kind)
+    assert_rejected(vq, lambda: vq.encode(make_input()), error, "x")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_check_finite_false_accepts_non_finite(kind, value):
+    vq = make(kind, check_finite=False)
+    x = torch.randn(64, D)
+    x[::8, 1] = value
+    codes = vq.encode(x)
+    assert codes.shape == (64, M)
+    assert codes.min() >= 0 and codes.max() < K  # valid codes even for non-finite rows
+    for train_mode in (True, False):
+        out, _ = vq(x, train_mode=train_mode)
+        assert out.shape == x.shape
+    assert torch.isfinite(vq.codebooks).all()
+
+
+BAD_INDICES = {
+    "too large": (lambda: torch.full((3, M), K), ValueError),
+    "negative": (lambda: torch.tensor([[0] * (M - 1) + [-1]]), ValueError),
+    "too many codebooks": (lambda: torch.zeros(3, M + 1, dtype=torch.long), ValueError),
+    "too few codebooks": (lambda: torch.zeros(3, M - 1, dtype=torch.long), ValueError),
+    "scalar": (lambda: torch.tensor(0), ValueError),
+    "float": (lambda: torch.zeros(3, M), TypeError),
+    "bool": (lambda: torch.zeros(3, M, dtype=torch.bool), TypeError),
+    "list": (lambda: [[0] * M], TypeError),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INDICES))
+def test_decode_rejects_bad_indices(kind, case):
+    make_indices, error = BAD_INDICES[case]
+    vq = make(kind)
+    with pytest.raises(error, match="indices"):
+        vq.decode(make_indices())
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_decode_accepts_other_integer_dtypes(kind, dtype):
+    vq = make(kind)
+    codes = torch.randint(0, K, (5, M))
+    assert torch.equal(vq.decode(codes.to(dtype)), vq.decode(codes))
+
+
+# --- determinism and chunking ----------------------------------------------------------
+
+
+def train_a_little(kind, seed):
+    torch.manual_seed(seed)
+    vq = FACTORIES[kind]()
+    optimizer = torch.optim.Adam(vq.parameters(), lr=1e-2)
+    outputs = []
+    for step in range(4):
+        x = torch.randn(32, D)
+        out, _ = vq(x, train_mode=True)
+        loss = (x - out).pow(2).sum(dim=1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        outputs.append(out.detach())
+        if step == 1:
+            vq.replace_unused_codebooks(2, verbose=False)
+    return outputs, vq.codebooks.detach().clone()
+
+
+def test_training_is_deterministic_under_a_seed(kind):
+    outputs, codebooks = train_a_little(kind, 7)
+    outputs_again, codebooks_again = train_a_little(kind, 7)
+    assert all(torch.equal(a, b) for a, b in zip(outputs, outputs_again))
+    assert torch.equal(codebooks, codebooks_again)
+    _, other_codebooks = train_a_little(kind, 8)
+    assert not torch.equal(codebooks, other_codebooks)
+
+
+def test_training_reduces_the_error(kind):
+    torch.manual_seed(1)
+    vq = FACTORIES[kind]()
+    data = torch.randn(256, D)
+    before = (vq(data, train_mode=False)[0] - data).pow(2).mean()
+    optimizer = torch.optim.Adam(vq.parameters(), lr=1e-2)
+    for _ in range(30):
+        x = data[torch.randint(0, len(data), (64,))]
+        out, _ = vq(x, train_mode=True)
+        loss = (x - out).pow(2).sum(dim=1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = (vq(data, train_mode=False)[0] - data).pow(2).mean()
+    assert after < 0.9 * before
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 1000])
+def test_chunked_encoding_equals_encoding_at_once(kind, monkeypatch, chunk_elements):
+    vq = make(kind)
+    x = torch.randn(301, D)
+    codes = vq.encode(x)
+    out, _ = vq(x, train_mode=False)
+    monkeypatch.setattr(nsvq, "CHUNK_ELEMENTS", chunk_elements)
+    assert torch.equal(vq.encode(x), codes)
+    assert torch.equal(vq(x, train_mode=False)[0], out)
