@@ -59,12 +59,14 @@ class AVQ(VectorQuantizer):
         return f"{super().extra_repr()}, beam_width={self.beam_width}"
 
     def _elements_per_row(self) -> int:
-        return min(self.beam_width, self.num_stages * self.num_codebooks) * len(self.codebooks)
+        beams = min(self.beam_width, len(self.codebooks))
+        shortlist = self.beam_width * min(self.num_stages, beams)
+        return max(beams * len(self.codebooks), shortlist**2)
 
     def _tables(self, dtype):
         codewords = self.codebooks.detach().to(dtype)  # (MK, D)
-        norms = codewords.pow(2).sum(1)  # (MK,)
-        return codewords, norms, cross_table(codewords, self.num_codebooks)  # (MK, MK)
+        norms, cross = cross_table(codewords, self.num_stages)  # (MK,), (MK, MK)
+        return codewords, norms, cross
 
     def _encode_chunk(self, x, tables):
         codewords, norms, cross = tables
@@ -109,38 +111,76 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
 
     error, chosen = base.topk(min(beam_width, total), dim=1, largest=False)  # (N, B)
     key = code_keys[chosen]  # (N, B) identifies the set of chosen codewords
-    crossed = cross[chosen]  # (N, B, MK) Σ over the tuple of <c_i, c_j>, inf for used codebooks
+    crossed = _rows(cross, chosen)  # (N, B, MK) Σ over the tuple of <c_i, c_j>, inf for used
     history = [(None, chosen)]  # per step: (parent beam, added codeword), each (N, B)
 
     for step in range(1, stages):
         beams = chosen.shape[1]
-        # error of extending a tuple by codeword j: e + ||c_j||² - 2<x,c_j> + 2Σ_i<c_i,c_j>
-        delta = torch.add(base.unsqueeze(1), crossed, alpha=2.0)  # (N, B, MK)
-        width = min(beam_width, (stages - step) * entries)
-        extend, candidate = delta.topk(width, dim=2, largest=False)  # (N, B, W)
-        candidate = candidate.reshape(n, beams * width)
-        candidate_error = (error.unsqueeze(2) + extend).reshape(n, beams * width)
-        candidate_key = (key.unsqueeze(2) + code_keys[candidate].reshape(n, beams, width))
-        candidate_key = candidate_key.reshape(n, beams * width)
-        candidate_error = _drop_duplicate_sets(candidate_error, candidate_key)
-
-        error, pick = candidate_error.topk(min(beam_width, beams * width), dim=1, largest=False)
-        parent = pick // width  # (N, B')
-        chosen = candidate.gather(1, pick)  # (N, B') codeword index in [0, MK)
+        # error of extending tuple b by codeword j: e_b + ||c_j||² - 2<x,c_j> + 2Σ_i<c_i,c_j>
+        candidate_error = torch.add(base.unsqueeze(1), crossed, alpha=2.0)  # (N, B, MK)
+        candidate_error = (candidate_error + error.unsqueeze(2)).reshape(n, beams * total)
+        if step == stages - 1:  # the best complete tuple; copies of a set have equal error
+            error, pick = candidate_error.min(dim=1, keepdim=True)  # (N, 1)
+        else:
+            error, pick = _best_distinct_sets(candidate_error, key, code_keys, beam_width,
+                                              copies=min(step + 1, beams))
+        parent, chosen = pick // total, pick % total  # (N, B') beam, codeword in [0, MK)
         history.append((parent, chosen))
         if step < stages - 1:
-            key = candidate_key.gather(1, pick)
+            key = key.gather(1, parent) + code_keys[chosen]
             crossed = crossed.gather(1, parent.unsqueeze(-1).expand(-1, -1, total))
-            crossed += cross[chosen]
+            crossed += _rows(cross, chosen)
 
     return _backtrack(history, error.argmin(dim=1), stages, entries)  # (N, M)
 
 
-def cross_table(codewords: torch.Tensor, num_codebooks: int) -> torch.Tensor:
-    """Inner products of all codeword pairs (M*K, M*K), +inf within a codebook."""
+def _best_distinct_sets(candidate_error: torch.Tensor, key: torch.Tensor,
+                        code_keys: torch.Tensor, beam_width: int,
+                        copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``beam_width`` best candidates holding distinct sets of codewords.
+
+    candidate_error: (N, B*MK), candidate b*MK + j extends beam b by codeword j.
+    key: (N, B) set keys of the beams. A set of t codewords is reached from at most
+    ``copies`` beams, so the best ``beam_width`` distinct sets lie among the best
+    ``beam_width * copies`` candidates; a candidate whose set equals that of a better
+    one is dropped. This equals keeping, per beam, the ``beam_width`` codewords nearest
+    to its residual and then the best distinct sets among those (the search the paper
+    describes): a candidate outside its beam's best ``beam_width`` is beaten by that
+    many distinct sets of its own beam.
+
+    Returns:
+        (error, pick): (N, B') errors ascending and indices into the candidates.
+    """
+    total = len(code_keys)
+    shortlist = min(beam_width * copies, candidate_error.shape[1])
+    error, pick = candidate_error.topk(shortlist, dim=1, largest=False)  # (N, L) ascending
+    candidate_key = key.gather(1, pick // total) + code_keys[pick % total]  # (N, L)
+    same = candidate_key.unsqueeze(2) == candidate_key.unsqueeze(1)  # (N, L, L)
+    earlier = torch.ones(shortlist, shortlist, dtype=torch.bool, device=key.device).tril(-1)
+    repeat = (same & earlier).any(dim=2)  # equals a better candidate's set
+    error = error.masked_fill(repeat, float("inf"))
+    keep = min(beam_width, shortlist)
+    error, order = error.topk(keep, dim=1, largest=False)
+    return error, pick.gather(1, order)
+
+
+def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a 2-D table and (N, B) index, as one index_select: (N, B, C)."""
+    return table.index_select(0, index.reshape(-1)).reshape(*index.shape, table.shape[1])
+
+
+def cross_table(codewords: torch.Tensor,
+                num_stages: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared norms (M*K,) and inner products (M*K, M*K) of the codewords.
+
+    The inner products between codewords of the same codebook are set to +inf.
+    """
     cross = codewords @ codewords.t()
-    stage = torch.arange(len(codewords), device=codewords.device) // num_codebooks
-    return cross.masked_fill_(stage.unsqueeze(0) == stage.unsqueeze(1), float("inf"))
+    norms = cross.diagonal().clone()
+    entries = len(codewords) // num_stages
+    blocks = cross.view(num_stages, entries, num_stages, entries)
+    blocks.diagonal(dim1=0, dim2=2).fill_(float("inf"))  # the (K, K) blocks of codebook m, m
+    return norms, cross
 
 
 def _backtrack(history, best: torch.Tensor, stages: int, entries: int) -> torch.Tensor:
@@ -168,19 +208,3 @@ def _code_keys(stages: int, entries: int, device) -> torch.Tensor:
         weights = torch.randint(1, 2**62, (stages,), generator=generator)
     code = torch.arange(1, entries + 1).repeat(stages)  # (MK,)
     return (code * weights.repeat_interleave(entries)).to(device)
-
-
-def _drop_duplicate_sets(error: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """Set the error of every candidate whose set key repeats an earlier one to +inf.
-
-    error, key: (N, C). Candidates holding the same set have the same true error, so
-    which copy survives does not change the search. Candidates that are already
-    invalid (infinite error) get distinct negative keys so they never hide a valid one.
-    """
-    position = torch.arange(1, key.shape[1] + 1, device=key.device)
-    key = torch.where(torch.isinf(error), -position, key)
-    sorted_key, order = key.sort(dim=1)
-    repeat = torch.zeros_like(sorted_key, dtype=torch.bool)
-    repeat[:, 1:] = sorted_key[:, 1:] == sorted_key[:, :-1]
-    duplicate = torch.zeros_like(repeat).scatter_(1, order, repeat)
-    return error.masked_fill(duplicate, float("inf"))
