@@ -170,7 +170,32 @@ class AVQ_Complexity(_VQComplexity):
         return total
 
 
-class RVQ_Complexity(_VQComplexity):
+class _StagedComplexity(_VQComplexity):
+    """RVQ and PVQ: a loop over the stages, M-1 times in the paper's model."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        num_codebooks: int,
+        num_stages: int,
+        single_precision: bool = True,
+        *,
+        count_all_stages: bool = False,
+    ) -> None:
+        super().__init__(input_dim, num_codebooks, num_stages, single_precision)
+        self.count_all_stages = bool(count_all_stages)
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Raise ValueError for sizes the method cannot use (after the generic checks)."""
+
+    @property
+    def stage_loops(self) -> int:
+        """Stages counted: M-1 as in the paper's figures, or M with ``count_all_stages``."""
+        return self.num_stages if self.count_all_stages else self.num_stages - 1
+
+
+class RVQ_Complexity(_StagedComplexity):
     """Residual VQ: nearest codeword of each stage to the remaining residual.
 
     Per stage: distances to K codewords of dimension D, argmin, D moves (the chosen
@@ -187,21 +212,9 @@ class RVQ_Complexity(_VQComplexity):
             the corrected complexity of the algorithm.
     """
 
-    def __init__(
-        self,
-        input_dim: int,
-        num_codebooks: int,
-        num_stages: int,
-        single_precision: bool = True,
-        *,
-        count_all_stages: bool = False,
-    ) -> None:
-        super().__init__(input_dim, num_codebooks, num_stages, single_precision)
-        self.count_all_stages = bool(count_all_stages)
-
     def _count(self) -> Ops:
         d, k, m = self.input_dim, self.num_codebooks, self.num_stages
-        loops = m if self.count_all_stages else m - 1
+        loops = self.stage_loops
         total = Ops()
         for i in range(1, loops + 1):
             total = total + distance(k, d) + argmin(k) + Ops(moves=d)
@@ -210,7 +223,7 @@ class RVQ_Complexity(_VQComplexity):
         return total + Ops(additions=(m - 1) * d)
 
 
-class PVQ_Complexity(_VQComplexity):
+class PVQ_Complexity(_StagedComplexity):
     """Product VQ: each of M sub-vectors of dimension D/M quantized in its own codebook.
 
     D moves to split the vector; per sub-vector: distances to K codewords of dimension
@@ -225,24 +238,14 @@ class PVQ_Complexity(_VQComplexity):
             which is what its Figures 4c and 6b show; True counts all M.
     """
 
-    def __init__(
-        self,
-        input_dim: int,
-        num_codebooks: int,
-        num_stages: int,
-        single_precision: bool = True,
-        *,
-        count_all_stages: bool = False,
-    ) -> None:
-        super().__init__(input_dim, num_codebooks, num_stages, single_precision)
+    def _check_sizes(self) -> None:
         if self.input_dim % self.num_stages:
             raise ValueError(
                 f"input_dim ({self.input_dim}) must be divisible by num_stages ({self.num_stages})"
             )
-        self.count_all_stages = bool(count_all_stages)
 
     def _count(self) -> Ops:
         d, k, m = self.input_dim, self.num_codebooks, self.num_stages
-        loops = m if self.count_all_stages else m - 1
+        loops = self.stage_loops
         sub_vector = distance(k, d // m) + argmin(k) + Ops(moves=d // m)
         return Ops(moves=d) + loops * sub_vector + Ops(moves=d)
