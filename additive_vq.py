@@ -112,7 +112,7 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     error, chosen = base.topk(min(beam_width, total), dim=1, largest=False)  # (N, B)
     key = code_keys[chosen]  # (N, B) identifies the set of chosen codewords
     crossed = _rows(cross, chosen)  # (N, B, MK) Σ over the tuple of <c_i, c_j>, inf for used
-    history = [(None, chosen)]  # per step: (parent beam, added codeword), each (N, B)
+    path = chosen.unsqueeze(2)  # (N, B, t) codewords of each tuple, in the order chosen
 
     for step in range(1, stages):
         beams = chosen.shape[1]
@@ -125,13 +125,16 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
             error, pick = _best_distinct_sets(candidate_error, key, code_keys, beam_width,
                                               copies=min(step + 1, beams))
         parent, chosen = pick // total, pick % total  # (N, B') beam, codeword in [0, MK)
-        history.append((parent, chosen))
+        path = torch.cat([path.gather(1, parent.unsqueeze(2).expand(-1, -1, step)),
+                          chosen.unsqueeze(2)], dim=2)
         if step < stages - 1:
             key = key.gather(1, parent) + code_keys[chosen]
             crossed = crossed.gather(1, parent.unsqueeze(-1).expand(-1, -1, total))
             crossed += _rows(cross, chosen)
 
-    return _backtrack(history, error.argmin(dim=1), stages, entries)  # (N, M)
+    codewords = path[:, 0]  # (N, M) the best tuple: top-k and min order beams by error
+    codes = torch.empty_like(codewords)  # (N, M) indices in codebook order
+    return codes.scatter_(1, codewords // entries, codewords % entries)
 
 
 def _best_distinct_sets(candidate_error: torch.Tensor, key: torch.Tensor,
@@ -181,17 +184,6 @@ def cross_table(codewords: torch.Tensor,
     blocks = cross.view(num_stages, entries, num_stages, entries)
     blocks.diagonal(dim1=0, dim2=2).fill_(float("inf"))  # the (K, K) blocks of codebook m, m
     return norms, cross
-
-
-def _backtrack(history, best: torch.Tensor, stages: int, entries: int) -> torch.Tensor:
-    """Follow parent pointers from the best final beam; returns codes (N, M) by codebook."""
-    codes = torch.empty(len(best), stages, dtype=torch.long, device=best.device)
-    for parent, chosen in reversed(history):
-        codeword = chosen.gather(1, best.unsqueeze(1)).squeeze(1)  # (N,)
-        codes.scatter_(1, (codeword // entries).unsqueeze(1), (codeword % entries).unsqueeze(1))
-        if parent is not None:
-            best = parent.gather(1, best.unsqueeze(1)).squeeze(1)
-    return codes
 
 
 def _code_keys(stages: int, entries: int, device) -> torch.Tensor:

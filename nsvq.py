@@ -20,7 +20,8 @@ from torch.nn import functional as F
 CPU = torch.device("cpu")
 NSVQ_EPS = 1e-12
 DEFAULT_REPLACEMENT_NOISE = 1e-2
-CHUNK_ELEMENTS = 2**25  # bound on the largest per-chunk temporary of an encode
+CHUNK_ELEMENTS = 2**20  # largest per-chunk temporary of an encode on CPU (cache-sized)
+ACCELERATOR_CHUNK_SCALE = 32  # on GPUs chunks are this much larger (2**25 entries)
 
 
 def noise_substitution(x: torch.Tensor, q: torch.Tensor, eps: float = NSVQ_EPS) -> torch.Tensor:
@@ -288,14 +289,16 @@ class VectorQuantizer(nn.Module):
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """Encode x (N, D) in chunks of at most ``_chunk_rows()`` rows -> (N, M)."""
         tables = self._tables(x.dtype)
-        rows = self._chunk_rows()
+        rows = self._chunk_rows(x.device)
         if len(x) <= rows:
             return self._encode_chunk(x, tables)
         return torch.cat([self._encode_chunk(chunk, tables) for chunk in x.split(rows)])
 
-    def _chunk_rows(self) -> int:
-        """Rows encoded at once, so that the largest temporary has ~CHUNK_ELEMENTS entries."""
-        return max(1, CHUNK_ELEMENTS // self._elements_per_row())
+    def _chunk_rows(self, device: torch.device) -> int:
+        """Rows encoded at once: the largest temporary has about CHUNK_ELEMENTS entries
+        on CPU, so it stays in cache, and ACCELERATOR_CHUNK_SCALE times more elsewhere."""
+        budget = CHUNK_ELEMENTS * (1 if device.type == "cpu" else ACCELERATOR_CHUNK_SCALE)
+        return max(1, budget // self._elements_per_row())
 
     def _elements_per_row(self) -> int:
         raise NotImplementedError
