@@ -52,6 +52,7 @@ RESUMABLE_CHANGES = ("out", "save_every", "eval_samples", "eval_data", "resume",
 DATA_STREAM, NOISE_STREAM, REPLACEMENT_STREAM, EVAL_STREAM, INIT_STREAM = range(5)
 EVAL_CHUNK = 2**15  # rows evaluated at once
 INIT_SAMPLES = 2**16  # vectors given to initialize_from_data for --init data
+LR_SCALES = ("absolute", "data")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -75,6 +76,11 @@ class TrainConfig:
     "data" (``initialize_from_data``). resume: continue from ``out``'s checkpoint.
     threads: torch CPU threads while training (0: leave torch's setting); 1 is by far the
     fastest for the paper's 64-vector batches, above all on a busy machine.
+    lr_scale: "absolute" (the paper: ``lr`` is Adam's step size) or "data": ``lr`` is
+    relative to the scale of the training data and is multiplied by the standard deviation
+    of all its entries (1 for N(0, 1) data). Adam moves each entry by about ``lr`` per step
+    whatever the gradient's size, so data far from unit scale (e.g. pixels 0..255) need
+    it, together with ``init="data"``.
     """
 
     method: str = "rvq"
@@ -98,6 +104,7 @@ class TrainConfig:
     eval_data: str | None = None
     resume: bool = False
     threads: int = 1
+    lr_scale: str = "absolute"
 
     def __post_init__(self):
         stages, bits = PAPER_STAGES_BITS.get(self.method, (None, None))
@@ -126,6 +133,8 @@ class TrainConfig:
                               f"must be in [0, 1], got {self.discard_threshold}")
         if self.init not in ("uniform", "data"):
             raise ConfigError("init", f"must be 'uniform' or 'data', got {self.init!r}")
+        if self.lr_scale not in LR_SCALES:
+            raise ConfigError("lr_scale", f"must be 'absolute' or 'data', got {self.lr_scale!r}")
         if self.method == "pvq" and self.dim % self.stages:
             raise ConfigError("stages", f"product VQ needs dim ({self.dim}) divisible by "
                                         f"stages ({self.stages})")
@@ -238,6 +247,14 @@ def evaluate(quantizer: VectorQuantizer,
     return squared_error / elements
 
 
+def lr_factor(config: TrainConfig, data: torch.Tensor | None) -> float:
+    """Factor from ``config.lr`` to Adam's step size: the data's standard deviation for
+    ``lr_scale="data"`` (1 for the N(0, 1) stream), else 1."""
+    if config.lr_scale == "absolute" or data is None:
+        return 1.0
+    return float(data.float().std()) or 1.0
+
+
 def library_version() -> str:
     """Version of this library (pyproject.toml next to this file)."""
     try:
@@ -280,7 +297,8 @@ class _Run:
         self.model = self.quantizer
         if self.world > 1:  # usage counters are per rank: never broadcast buffers
             self.model = DistributedDataParallel(self.quantizer, forward_sync_buffers=False)
-        self.optimizer = torch.optim.Adam(self.quantizer.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(self.quantizer.parameters(),
+                                          lr=config.lr * lr_factor(config, data))
         torch.manual_seed(stream_seed(config.seed, self.rank, NOISE_STREAM))
         self.data_rng = torch.Generator(device).manual_seed(
             stream_seed(config.seed, self.rank, DATA_STREAM))
@@ -375,6 +393,7 @@ class _Run:
             saved = {**checkpoint["config"], "world_size": checkpoint["world_size"]}
         except Exception as error:  # unreadable file: report it as one line
             raise ConfigError("resume", f"cannot read checkpoint {path}: {error}") from None
+        saved.setdefault("lr_scale", "absolute")  # checkpoints from before the setting
         current = {**asdict(self.config), "world_size": self.world}
         differing = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in current.items()
                      if key not in RESUMABLE_CHANGES and saved.get(key) != value]
@@ -607,6 +626,10 @@ def build_parser(method: str) -> argparse.ArgumentParser:
     add("--init", choices=["uniform", "data"], default="uniform",
         help="codebook initialisation: the paper's Uniform(-1/K, 1/K), or k-means of the "
              "training data (default: uniform)")
+    add("--lr-scale", choices=list(LR_SCALES), default="absolute",
+        help="absolute: --lr is Adam's step size (the paper); data: --lr is multiplied by the "
+             "standard deviation of the training data, for data far from unit scale "
+             "(default: absolute)")
     add("--data", default=None, help="(N, D) float .npy file to train on, rows drawn with "
                                      "replacement (default: N(0, 1) samples)")
     add("--eval-data", default=None,
@@ -628,7 +651,8 @@ def config_from_args(method: str, args: argparse.Namespace) -> TrainConfig:
         discard_threshold=args.discard_threshold, log_every=args.log_every,
         save_every=args.save_every, eval_samples=args.eval_samples, seed=args.seed,
         device=args.device, out=args.out, init=args.init, data=args.data,
-        eval_data=args.eval_data, resume=args.resume, threads=args.threads)
+        eval_data=args.eval_data, resume=args.resume, threads=args.threads,
+        lr_scale=args.lr_scale)
     if config.out is None:
         out = Path("output") / run_name(config)
         if not config.resume:  # a new folder: never overwrite an earlier run

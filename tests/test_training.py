@@ -156,7 +156,7 @@ def test_help_explains_every_flag(capsys):
     for flag in ["--steps", "--batch-size", "--lr", "--dim", "--stages", "--bits",
                  "--beam-width", "--replace-every", "--discard-threshold", "--log-every",
                  "--save-every", "--eval-samples", "--seed", "--device", "--out", "--resume",
-                 "--init", "--data", "--eval-data"]:
+                 "--init", "--data", "--eval-data", "--lr-scale"]:
         assert flag in stdout
     assert "--stop-after" not in stdout
 
@@ -274,3 +274,23 @@ def test_evaluate_is_the_mse_per_dimension_of_hard_quantization():
     assert training.evaluate(quantizer, next_rows, 50_000) == pytest.approx(
         (x[:50_000] - hard[:50_000]).double().pow(2).mean().item(), rel=1e-9)
     assert drawn == [training.EVAL_CHUNK, 50_000 - training.EVAL_CHUNK]
+
+
+def test_lr_scale_data_multiplies_lr_by_the_datas_standard_deviation():
+    data = 50.0 + 40.0 * torch.randn(2000, 8)
+    std = float(data.std())
+    assert training.lr_factor(tiny("rvq", lr_scale="data"), data) == pytest.approx(std)
+    assert training.lr_factor(tiny("rvq"), data) == 1.0  # the paper's absolute step size
+    assert training.lr_factor(tiny("rvq", lr_scale="data"), None) == 1.0  # N(0, 1) stream
+    with pytest.raises(ConfigError, match="must be .absolute. or .data."):
+        tiny("rvq", lr_scale="relative").validate()
+
+
+def test_raw_scale_data_trains_with_data_init_and_relative_lr():
+    """Pixel-like data (mean 120, std 80): the paper's settings barely move the codebooks."""
+    generator = torch.Generator().manual_seed(0)
+    data = 120.0 + 80.0 * torch.randn(4000, 8, generator=generator)
+    paper = train(tiny("rvq", steps=60), data, progress=False)["eval_mse"]
+    robust = train(tiny("rvq", steps=60, init="data", lr_scale="data"), data,
+                   progress=False)["eval_mse"]
+    assert robust < 0.5 * float(data.var(0).mean()) < paper
