@@ -46,12 +46,11 @@ class AVQ(VectorQuantizer):
                  beam_width: int, discard_threshold: float = 0.01,
                  device=CPU, *, check_finite: bool = True,
                  replacement_noise: float = DEFAULT_REPLACEMENT_NOISE):
-        super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold,
+        super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold, device,
                          check_finite=check_finite, replacement_noise=replacement_noise)
         self.beam_width = check_int("beam_width", beam_width)
         self.codebooks = self._uniform_codebooks(
-            (num_stages * self.num_codebooks, data_dim), self.num_codebooks, device)
-        self.codebook_usage = self.codebook_usage.to(device)
+            (num_stages * self.num_codebooks, data_dim), device)
         self.register_buffer("code_keys", _code_keys(num_stages, self.num_codebooks, device),
                              persistent=False)
 

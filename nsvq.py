@@ -134,7 +134,7 @@ class VectorQuantizer(nn.Module):
     """
 
     def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
-                 discard_threshold: float = 0.01, *, check_finite: bool = True,
+                 discard_threshold: float = 0.01, device=CPU, *, check_finite: bool = True,
                  replacement_noise: float = DEFAULT_REPLACEMENT_NOISE):
         super().__init__()
         self.num_stages = check_int("num_stages", num_stages)
@@ -155,12 +155,12 @@ class VectorQuantizer(nn.Module):
         self.num_codebooks = 2 ** vq_bitrate_per_stage
         self.bits_per_vector = num_stages * vq_bitrate_per_stage
         self.register_buffer(
-            "codebook_usage", torch.zeros(num_stages, self.num_codebooks, dtype=torch.long))
+            "codebook_usage",
+            torch.zeros(num_stages, self.num_codebooks, dtype=torch.long, device=device))
 
-    @staticmethod
-    def _uniform_codebooks(shape: tuple[int, ...], num_codebooks: int, device) -> nn.Parameter:
+    def _uniform_codebooks(self, shape: tuple[int, ...], device) -> nn.Parameter:
         """Codebooks drawn from Uniform(-1/K, 1/K), the paper's initialisation."""
-        bound = 1.0 / num_codebooks
+        bound = 1.0 / self.num_codebooks
         table = torch.empty(shape, device=device).uniform_(-bound, bound)
         return nn.Parameter(table)
 

@@ -31,15 +31,14 @@ class PVQ(VectorQuantizer):
                  discard_threshold: float = 0.01, device=CPU, *,
                  check_finite: bool = True,
                  replacement_noise: float = DEFAULT_REPLACEMENT_NOISE):
-        super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold,
+        super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold, device,
                          check_finite=check_finite, replacement_noise=replacement_noise)
         if data_dim % num_stages:
             raise ValueError(f"data_dim ({data_dim}) must be divisible by num_stages "
                              f"({num_stages}) for product VQ")
         self.sub_dim = data_dim // num_stages
         self.codebooks = self._uniform_codebooks(
-            (num_stages, self.num_codebooks, self.sub_dim), self.num_codebooks, device)
-        self.codebook_usage = self.codebook_usage.to(device)
+            (num_stages, self.num_codebooks, self.sub_dim), device)
 
     def _elements_per_row(self) -> int:
         return self.num_stages * self.num_codebooks
