@@ -13,15 +13,21 @@ Every error the search needs comes from tables: with ``<x, c>`` for all codeword
     ||x - Σ_S c||² = ||x||² - 2 Σ_S <x, c> + Σ_S ||c||² + 2 Σ_{i<j in S} <c_i, c_j>,
 
 so a beam step is a gather, an add and a top-k instead of new distance computations.
+Copies of a set are recognised by comparing the beams' codewords, not by hashing, and the
+top-k over the (N, B*MK) candidates first narrows them to groups (``smallest``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from nsvq import CPU, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer, check_int, replace_rows
 
 _HUGE = 1e30  # stands in for a non-finite distance; a sum of M of them stays finite
+_MIN_GROUP = 8  # smaller groups do not repay the extra steps of ``smallest``
+_MIN_STRIDE = 64  # the group minima are a fast element-wise reduction over rows this long
 
 
 class AVQ(VectorQuantizer):
@@ -51,16 +57,13 @@ class AVQ(VectorQuantizer):
         self.beam_width = check_int("beam_width", beam_width)
         self.codebooks = self._uniform_codebooks(
             (num_stages * self.num_codebooks, data_dim), device)
-        self.register_buffer("code_keys", _code_keys(num_stages, self.num_codebooks, device),
-                             persistent=False)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, beam_width={self.beam_width}"
 
     def _elements_per_row(self) -> int:
-        beams = min(self.beam_width, len(self.codebooks))
-        shortlist = self.beam_width * min(self.num_stages, beams)
-        return max(beams * len(self.codebooks), shortlist**2)
+        beams = min(self.beam_width, len(self.codebooks))  # candidates (B, MK) per vector;
+        return max(beams * len(self.codebooks), (beams * self.num_stages) ** 2)  # set tests
 
     def _tables(self, dtype):
         codewords = self.codebooks.detach().to(dtype)  # (MK, D)
@@ -69,8 +72,7 @@ class AVQ(VectorQuantizer):
 
     def _encode_chunk(self, x, tables):
         codewords, norms, cross = tables
-        return beam_search(x, codewords, norms, cross, self.code_keys, self.num_stages,
-                           self.beam_width)
+        return beam_search(x, codewords, norms, cross, self.num_stages, self.beam_width)
 
     def _decode(self, codes):
         return self._gather_codewords(codes).sum(dim=1)  # (N, M, D) -> (N, D)
@@ -84,8 +86,7 @@ class AVQ(VectorQuantizer):
 
 
 def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
-                cross: torch.Tensor, code_keys: torch.Tensor, num_stages: int,
-                beam_width: int) -> torch.Tensor:
+                cross: torch.Tensor, num_stages: int, beam_width: int) -> torch.Tensor:
     """Choose one codeword per codebook so that their sum is close to x.
 
     Args:
@@ -94,7 +95,6 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
         norms: (M*K,) squared codeword norms.
         cross: (M*K, M*K) codeword inner products, +inf between codewords of the same
             codebook (see ``cross_table``), which keeps a used codebook out of a tuple.
-        code_keys: (M*K,) integer key share of each codeword (see ``_code_keys``).
         num_stages: M. beam_width: tuples kept at each step.
 
     Returns:
@@ -108,62 +108,85 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
     base = torch.nan_to_num(base, nan=_HUGE, posinf=_HUGE, neginf=-_HUGE)
 
-    error, chosen = base.topk(min(beam_width, total), dim=1, largest=False)  # (N, B)
-    key = code_keys[chosen]  # (N, B) identifies the set of chosen codewords
+    error, chosen = smallest(base, min(beam_width, total))  # (N, B) ascending
     crossed = _rows(cross, chosen)  # (N, B, MK) Σ over the tuple of <c_i, c_j>, inf for used
-    path = chosen.unsqueeze(2)  # (N, B, t) codewords of each tuple, in the order chosen
+    path = chosen.unsqueeze(2)  # (N, B, t) codewords of each tuple, best tuple first
 
     for step in range(1, stages):
         beams = chosen.shape[1]
+        rows = torch.arange(0, n * beams, beams, device=x.device).unsqueeze(1)  # (N, 1)
         # error of extending tuple b by codeword j: e_b + ||c_j||² - 2<x,c_j> + 2Σ_i<c_i,c_j>
         candidate_error = torch.add(base.unsqueeze(1), crossed, alpha=2.0)  # (N, B, MK)
-        candidate_error = (candidate_error + error.unsqueeze(2)).reshape(n, beams * total)
-        if step == stages - 1:  # the best complete tuple; copies of a set have equal error
-            error, pick = candidate_error.min(dim=1, keepdim=True)  # (N, 1)
-        else:
-            error, pick = _best_distinct_sets(candidate_error, key, code_keys, beam_width,
-                                              copies=min(step + 1, beams))
-        parent, chosen = pick // total, pick % total  # (N, B') beam, codeword in [0, MK)
-        path = torch.cat([path.gather(1, parent.unsqueeze(2).expand(-1, -1, step)),
-                          chosen.unsqueeze(2)], dim=2)
+        candidate_error = candidate_error.add_(error.unsqueeze(2)).view(n, beams * total)
         if step < stages - 1:
-            key = key.gather(1, parent) + code_keys[chosen]
-            crossed = crossed.gather(1, parent.unsqueeze(-1).expand(-1, -1, total))
-            crossed += _rows(cross, chosen)
+            _drop_repeated_sets(candidate_error, path, total)
+        error, pick = smallest(candidate_error, 1 if step == stages - 1 else
+                               min(beam_width, beams * total))  # (N, B')
+        parent = pick.div(total, rounding_mode="floor") + rows  # (N, B') row of the beam
+        chosen = pick.remainder(total)
+        path = torch.cat([_take_rows(path, parent), chosen.unsqueeze(2)], dim=2)
+        if step < stages - 1:
+            crossed = _take_rows(crossed, parent).add_(_rows(cross, chosen))
 
-    codewords = path[:, 0]  # (N, M) the best tuple: top-k and min order beams by error
+    codewords = path[:, 0]  # (N, M) the best tuple
     codes = torch.empty_like(codewords)  # (N, M) indices in codebook order
     return codes.scatter_(1, codewords // entries, codewords % entries)
 
 
-def _best_distinct_sets(candidate_error: torch.Tensor, key: torch.Tensor,
-                        code_keys: torch.Tensor, beam_width: int,
-                        copies: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``beam_width`` best candidates holding distinct sets of codewords.
+def _drop_repeated_sets(candidate_error: torch.Tensor, path: torch.Tensor, total: int) -> None:
+    """Set to +inf, in place, each candidate whose set of codewords a better beam also reaches.
 
     candidate_error: (N, B*MK), candidate b*MK + j extends beam b by codeword j.
-    key: (N, B) set keys of the beams. A set of t codewords is reached from at most
-    ``copies`` beams, so the best ``beam_width`` distinct sets lie among the best
-    ``beam_width * copies`` candidates; a candidate whose set equals that of a better
-    one is dropped. This equals keeping, per beam, the ``beam_width`` codewords nearest
-    to its residual and then the best distinct sets among those (the search the paper
-    describes): a candidate outside its beam's best ``beam_width`` is beaten by that
-    many distinct sets of its own beam.
-
-    Returns:
-        (error, pick): (N, B') errors ascending and indices into the candidates.
+    path: (N, B, t) codewords of each beam, best beam first, no two beams the same set.
+    Beam b extended by j holds the same set as beam a extended by j' exactly when the
+    sets of a and b differ in one codeword each (j = the one a holds, j' = the one b
+    holds); the copy from the better beam a stays. Every other (a, b) pair writes to a
+    candidate that adds a codeword b already holds, which is +inf anyway.
     """
-    total = len(code_keys)
-    shortlist = min(beam_width * copies, candidate_error.shape[1])
-    error, pick = candidate_error.topk(shortlist, dim=1, largest=False)  # (N, L) ascending
-    candidate_key = key.gather(1, pick // total) + code_keys[pick % total]  # (N, L)
-    same = candidate_key.unsqueeze(2) == candidate_key.unsqueeze(1)  # (N, L, L)
-    earlier = torch.ones(shortlist, shortlist, dtype=torch.bool, device=key.device).tril(-1)
-    repeat = (same & earlier).any(dim=2)  # equals a better candidate's set
-    error = error.masked_fill(repeat, float("inf"))
-    keep = min(beam_width, shortlist)
-    error, order = error.topk(keep, dim=1, largest=False)
-    return error, pick.gather(1, order)
+    n, beams, size = path.shape
+    better = torch.ones(beams, beams, dtype=torch.bool, device=path.device).triu_(1)  # a < b
+    if size == 1:  # single codewords: any two beams are one apart
+        column = torch.where(better, path.view(n, beams, 1), path.view(n, 1, beams))
+    else:
+        # in_other[n, a, b, i]: codeword i of beam a is held by beam b, (N, A, B, t)
+        in_other = (path.view(n, beams, 1, size, 1)
+                    == path.view(n, 1, beams, 1, size)).any(dim=4)
+        outside = ~in_other
+        one_apart = (outside.sum(dim=3) == 1) & better  # (N, A, B)
+        swapped_in = (path.unsqueeze(2) * outside).sum(dim=3)  # (N, A, B) a's codeword b lacks
+        column = torch.where(one_apart, swapped_in, path[:, :, 0].unsqueeze(1))  # (N, A, B)
+    column += torch.arange(0, beams * total, total, device=path.device)  # candidate index
+    candidate_error.scatter_(1, column.view(n, beams * beams), float("inf"))
+
+
+def smallest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values.topk(k, dim=1, largest=False)`` for values (N, C), ascending; faster for C >> k.
+
+    Splits each row into C/g groups of g ≈ sqrt(C / k) values: the k smallest values lie
+    in the k groups of smallest minimum, so the top-k runs over C/g group minima and then
+    over k*g members instead of over all C values (ties may pick other equal values).
+    """
+    columns = values.shape[1]
+    group = min(2 ** round(math.log2(max(columns / max(k, 1), 1)) / 2),
+                columns & -columns)  # a power of two that divides C
+    while group > 1 and columns // group < _MIN_STRIDE:  # groups with long strides
+        group //= 2
+    if group < _MIN_GROUP:
+        return values.topk(k, dim=1, largest=False)
+    stride = columns // group  # group i holds columns i, i + stride, i + 2*stride, ...
+    minima = values.view(len(values), group, stride).amin(dim=1)  # (N, C/g)
+    best_groups = minima.topk(k, dim=1, largest=False, sorted=False).indices  # (N, k)
+    offsets = torch.arange(0, columns, stride, device=values.device)  # (g,)
+    members = (best_groups.unsqueeze(2) + offsets).view(len(values), k * group)
+    top, position = values.gather(1, members).topk(k, dim=1, largest=False)  # (N, k)
+    return top, members.gather(1, position)
+
+
+def _take_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows of ``table`` (N, B, C) seen as (N*B, C), for rows (N, B') -> (N, B', C)."""
+    n, beams, columns = table.shape
+    return table.reshape(n * beams, columns).index_select(0, rows.view(-1)).view(
+        n, rows.shape[1], columns)
 
 
 def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -183,19 +206,3 @@ def cross_table(codewords: torch.Tensor,
     blocks = cross.view(num_stages, entries, num_stages, entries)
     blocks.diagonal(dim1=0, dim2=2).fill_(float("inf"))  # the (K, K) blocks of codebook m, m
     return norms, cross
-
-
-def _code_keys(stages: int, entries: int, device) -> torch.Tensor:
-    """(M*K,) key share of each codeword; the sum over a tuple identifies its set.
-
-    Codeword k of codebook m adds (k + 1) * w_m with exact mixed-radix weights
-    w_m = (K+1)**m when they fit in 62 bits, otherwise fixed pseudo-random 62-bit
-    weights (a collision then has probability ~2**-62).
-    """
-    if stages * (entries + 1).bit_length() <= 62:
-        weights = torch.tensor([(entries + 1) ** m for m in range(stages)])
-    else:
-        generator = torch.Generator().manual_seed(stages * 1_000_003 + entries)
-        weights = torch.randint(1, 2**62, (stages,), generator=generator)
-    code = torch.arange(1, entries + 1).repeat(stages)  # (MK,)
-    return (code * weights.repeat_interleave(entries)).to(device)

@@ -32,8 +32,8 @@ def noise_substitution(x: torch.Tensor, q: torch.Tensor, eps: float = NSVQ_EPS) 
     """
     error_norm = torch.linalg.vector_norm(x - q, dim=-1, keepdim=True)  # (N, 1)
     noise = torch.randn_like(x)
-    noise_norm = torch.linalg.vector_norm(noise, dim=-1, keepdim=True)  # (N, 1)
-    return x + error_norm * noise / (noise_norm + eps)
+    scale = error_norm / (torch.linalg.vector_norm(noise, dim=-1, keepdim=True) + eps)  # (N, 1)
+    return torch.addcmul(x, scale, noise)
 
 
 def count_usage(usage: torch.Tensor, codes: torch.Tensor) -> None:

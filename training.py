@@ -297,7 +297,7 @@ class _Run:
         self.model = self.quantizer
         if self.world > 1:  # usage counters are per rank: never broadcast buffers
             self.model = DistributedDataParallel(self.quantizer, forward_sync_buffers=False)
-        self.optimizer = torch.optim.Adam(self.quantizer.parameters(),
+        self.optimizer = torch.optim.Adam(self.quantizer.parameters(), fused=True,
                                           lr=config.lr * lr_factor(config, data))
         torch.manual_seed(stream_seed(config.seed, self.rank, NOISE_STREAM))
         self.data_rng = torch.Generator(device).manual_seed(

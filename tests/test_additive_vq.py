@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from additive_vq import AVQ
+from additive_vq import AVQ, _drop_repeated_sets, smallest
 from original_reference import (
     as_numpy,
     avq_beam_search,
@@ -84,7 +84,8 @@ def test_error_does_not_grow_with_beam_width():
     (4, 2, 6, 3),
     (3, 2, 4, 6),    # beam wider than K
     (4, 3, 8, 8),
-    (8, 7, 8, 3),    # set keys too large for exact mixed-radix weights
+    (3, 5, 16, 8),   # the paper's configuration: the candidate top-k narrows to groups
+    (8, 7, 8, 3),    # many steps over large codebooks
 ])
 def test_equals_plain_reference_beam_search(stages, bits, dim, beam_width):
     vq = random_avq(stages, bits, dim, beam_width)
@@ -180,3 +181,49 @@ def test_replacement_draws_from_the_whole_table():
     assert (distance.min(dim=1).values > 0).all()
     sources = distance.argmin(dim=1)
     assert set(sources.tolist()) == {0, 1}  # 14 rows shuffled over both sources
+
+
+@pytest.mark.parametrize("rows, columns, k", [(5, 768, 16), (3, 768, 1), (4, 96, 8),
+                                              (3, 3072, 3), (2, 16384, 48), (3, 40, 40)])
+def test_smallest_equals_topk(rows, columns, k):
+    values = torch.randn(rows, columns)
+    values[:, ::3] = float("inf")  # the +inf of used codebooks
+    values[0, 5:9] = -1.0  # ties
+    top, index = smallest(values, k)
+    assert torch.equal(top, values.topk(k, dim=1, largest=False).values)
+    assert torch.equal(values.gather(1, index), top)
+    assert all(len(set(row)) == k for row in index.tolist())
+
+
+def random_beams(n, beams, size, total, generator):
+    """(n, beams, size) paths: distinct sets of distinct codewords in [0, total)."""
+    paths = []
+    for _ in range(n):
+        beam, seen = [], set()
+        while len(beam) < beams:
+            codewords = torch.randperm(total, generator=generator)[:size].tolist()
+            if frozenset(codewords) not in seen:
+                seen.add(frozenset(codewords))
+                beam.append(codewords)
+        paths.append(beam)
+    return torch.tensor(paths)
+
+
+@pytest.mark.parametrize("beams, size", [(6, 1), (6, 2), (5, 3), (1, 2)])
+def test_repeated_sets_are_dropped_once(beams, size):
+    """Every set a beam extension reaches stays exactly once, from its best beam."""
+    total, n = 7, 30
+    path = random_beams(n, beams, size, total, torch.Generator().manual_seed(size))
+    candidate_error = torch.zeros(n, beams * total)
+    _drop_repeated_sets(candidate_error, path, total)
+    for row in range(n):
+        reached, kept = {}, []
+        for b in range(beams):
+            for j in range(total):
+                if j in path[row, b].tolist():
+                    continue  # adds a codeword the beam holds: +inf through the cross table
+                key = frozenset(path[row, b].tolist() + [j])
+                reached.setdefault(key, b)
+                if candidate_error[row, b * total + j] == 0:
+                    kept.append((key, b))
+        assert sorted(kept, key=str) == sorted(reached.items(), key=str)
