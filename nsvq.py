@@ -255,6 +255,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def initialize_from_data(self, samples: torch.Tensor, *, kmeans_iterations: int = 10,
+                             disjoint: bool = False,
                              generator: torch.Generator | None = None) -> None:
         """Data-dependent initialisation, for data far from the paper's ±1/K codebooks.
 
@@ -266,19 +267,37 @@ class VectorQuantizer(nn.Module):
         Args:
             samples: (..., D) training vectors; a few times K of them or more is best.
             kmeans_iterations: Lloyd iterations per codebook; 0 takes random samples.
+            disjoint: RVQ and AVQ fit each codebook to the residuals of its own 1/M share
+                of the samples (every M-th one). Otherwise a codebook sees the residuals of the very
+                vectors the earlier codebooks were fitted to, which are smaller than those
+                of new vectors; with few samples per codeword in high dimension (say under
+                a few hundred at D >= 128) the later codebooks then fit the wrong scale.
+                Use it when samples are plentiful (e.g. 64 * M * K or more). PVQ, whose
+                codebooks do not depend on each other, always uses all samples.
             generator: optional CPU torch.Generator for the random choices.
         """
         x, _ = self._flatten(samples, "samples")
-        if len(x) == 0:
-            raise ValueError("samples must hold at least one vector")
+        split = bool(disjoint) and self._chained
+        needed = self.num_stages if split else 1
+        if len(x) < needed:
+            raise ValueError(f"samples must hold at least {needed} vector(s), got {len(x)}")
         check_int("kmeans_iterations", kmeans_iterations, minimum=0)
         residual = x
         for stage in range(self.num_stages):
+            if split:  # every M-th sample, so that the shares are alike even for sorted data
+                residual = self._greedy_residual(x[stage::self.num_stages], stage)
             target = self._init_target(x, residual, stage)  # (N, d)
             table = self._stage_table(stage)
             table.copy_(kmeans(target, self.num_codebooks, kmeans_iterations, generator))
             residual = target - table[nearest_rows(target, table.to(target.dtype))]
         self.codebook_usage.zero_()
+
+    def _greedy_residual(self, x: torch.Tensor, stages: int) -> torch.Tensor:
+        """x (N, D) less the nearest codeword of each of the first ``stages`` codebooks in turn."""
+        for stage in range(stages):
+            table = self._stage_table(stage).to(x.dtype)
+            x = x - table[nearest_rows(x, table)]
+        return x
 
     def extra_repr(self) -> str:
         return (f"num_stages={self.num_stages}, vq_bitrate_per_stage={self.vq_bitrate_per_stage}, "
@@ -323,6 +342,8 @@ class VectorQuantizer(nn.Module):
         """Replace unused codewords codebook by codebook; unused: (M, K) bool."""
         for stage in range(self.num_stages):
             replace_rows(self._stage_table(stage), unused[stage], self.replacement_noise, generator)
+
+    _chained = True  # a codebook quantizes what the earlier ones leave (RVQ, AVQ)
 
     def _init_target(self, x: torch.Tensor, residual: torch.Tensor, stage: int) -> torch.Tensor:
         """What codebook ``stage`` quantizes during ``initialize_from_data``, (N, d)."""

@@ -54,6 +54,8 @@ class PVQ(VectorQuantizer):
         distances = torch.baddbmm(norms, parts, codebooks_t, alpha=-2.0)
         return distances.argmin(dim=2).t()  # (N, M)
 
+    _chained = False
+
     def _init_target(self, x, residual, stage):
         return x[:, stage * self.sub_dim:(stage + 1) * self.sub_dim]
 

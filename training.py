@@ -51,7 +51,8 @@ LOG_FILE, CHECKPOINT_FILE = "log.json", "checkpoint.pt"
 RESUMABLE_CHANGES = ("out", "save_every", "eval_samples", "eval_data", "resume", "threads")
 DATA_STREAM, NOISE_STREAM, REPLACEMENT_STREAM, EVAL_STREAM, INIT_STREAM = range(5)
 EVAL_CHUNK = 2**15  # rows evaluated at once
-INIT_SAMPLES = 2**16  # vectors given to initialize_from_data for --init data
+INIT_SAMPLES = 2**16  # vectors per codebook given to initialize_from_data for --init data*
+INITS = ("uniform", "data", "data-disjoint")
 LR_SCALES = ("absolute", "data")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -72,8 +73,10 @@ class TrainConfig:
     method: "avq", "pvq" or "rvq". stages, bits: None picks the paper's setting (AVQ 3x5,
     PVQ/RVQ 4x7). beam_width is used by AVQ only. device: None picks cuda when available.
     out: run directory for log.json and checkpoint.pt (None: no files). data, eval_data:
-    paths of (N, D) .npy files (None: N(0, 1) samples). init: "uniform" (the paper) or
-    "data" (``initialize_from_data``). resume: continue from ``out``'s checkpoint.
+    paths of (N, D) .npy files (None: N(0, 1) samples). init: "uniform" (the paper),
+    "data" (``initialize_from_data``) or "data-disjoint" (the same with
+    ``disjoint=True``: RVQ/AVQ codebooks fitted to their own share of M times as many
+    samples). resume: continue from ``out``'s checkpoint.
     threads: torch CPU threads while training (0: leave torch's setting); 1 is by far the
     fastest for the paper's 64-vector batches, above all on a busy machine.
     lr_scale: "absolute" (the paper: ``lr`` is Adam's step size) or "data": ``lr`` is
@@ -131,8 +134,8 @@ class TrainConfig:
         if not 0.0 <= self.discard_threshold <= 1.0:
             raise ConfigError("discard_threshold",
                               f"must be in [0, 1], got {self.discard_threshold}")
-        if self.init not in ("uniform", "data"):
-            raise ConfigError("init", f"must be 'uniform' or 'data', got {self.init!r}")
+        if self.init not in INITS:
+            raise ConfigError("init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.lr_scale not in LR_SCALES:
             raise ConfigError("lr_scale", f"must be 'absolute' or 'data', got {self.lr_scale!r}")
         if self.method == "pvq" and self.dim % self.stages:
@@ -292,8 +295,10 @@ class _Run:
             if dist.is_initialized() else (0, 1)
         torch.manual_seed(stream_seed(config.seed, 0, INIT_STREAM))
         self.quantizer = build_quantizer(config).to(device)
-        if config.init == "data":
-            self.quantizer.initialize_from_data(self._init_samples(data))
+        if config.init != "uniform":
+            disjoint = config.init == "data-disjoint"
+            self.quantizer.initialize_from_data(self._init_samples(data, disjoint),
+                                                disjoint=disjoint)
         self.model = self.quantizer
         if self.world > 1:  # usage counters are per rank: never broadcast buffers
             self.model = DistributedDataParallel(self.quantizer, forward_sync_buffers=False)
@@ -313,11 +318,12 @@ class _Run:
                     "eval_mse": None, "eval_on": None, "eval_time": 0.0, "wall_time": 0.0,
                     "finished": False}
 
-    def _init_samples(self, data: torch.Tensor | None) -> torch.Tensor:
+    def _init_samples(self, data: torch.Tensor | None, disjoint: bool) -> torch.Tensor:
         """Vectors for ``initialize_from_data`` (drawn from the global RNG, seeded for init)."""
+        count = INIT_SAMPLES * (self.config.stages if disjoint else 1)
         if data is None:
-            return torch.randn(INIT_SAMPLES, self.config.dim, device=self.device)
-        return data[torch.randperm(len(data), device=self.device)[:INIT_SAMPLES]]
+            return torch.randn(count, self.config.dim, device=self.device)
+        return data[torch.randperm(len(data), device=self.device)[:count]]
 
     def train_step(self, x: torch.Tensor) -> None:
         """One NSVQ forward, backward and Adam step; the loss stays on the device."""
@@ -623,9 +629,10 @@ def build_parser(method: str) -> argparse.ArgumentParser:
              "output/<method>_<stages>x<bits>b_..._seed<seed>)")
     add("--resume", action="store_true",
         help="continue the run in --out from its checkpoint (same settings required)")
-    add("--init", choices=["uniform", "data"], default="uniform",
+    add("--init", choices=list(INITS), default="uniform",
         help="codebook initialisation: the paper's Uniform(-1/K, 1/K), or k-means of the "
-             "training data (default: uniform)")
+             "training data; data-disjoint fits each RVQ/AVQ codebook to its own share of "
+             "the samples, for large codebooks in high dimension (default: uniform)")
     add("--lr-scale", choices=list(LR_SCALES), default="absolute",
         help="absolute: --lr is Adam's step size (the paper); data: --lr is multiplied by the "
              "standard deviation of the training data, for data far from unit scale "

@@ -609,3 +609,65 @@ def test_chunked_encoding_equals_encoding_at_once(kind, monkeypatch, chunk_eleme
     monkeypatch.setattr(nsvq, "CHUNK_ELEMENTS", chunk_elements)
     assert torch.equal(vq.encode(x), codes)
     assert torch.equal(vq(x, train_mode=False)[0], out)
+
+
+# --- data-dependent initialisation ---------------------------------------------------
+
+
+def expected_initialisation(vq, x, disjoint, seed):
+    """Codebooks by the rule of ``initialize_from_data``, written out stage by stage."""
+    generator = torch.Generator().manual_seed(seed)
+    tables = []
+    residual = x
+    for stage in range(M):
+        if isinstance(vq, PVQ):
+            target = x[:, stage * (D // M):(stage + 1) * (D // M)]
+        else:
+            if disjoint:  # this stage's share, through the codebooks fitted before
+                residual = x[stage::M]
+                for earlier in tables:
+                    residual = residual - earlier[nsvq.nearest_rows(residual, earlier)]
+            target = residual
+        table = nsvq.kmeans(target, K, 3, generator)
+        tables.append(table)
+        residual = target - table[nsvq.nearest_rows(target, table)]
+    return tables
+
+
+@pytest.mark.parametrize("disjoint", [False, True])
+def test_data_initialisation_is_stagewise_kmeans(kind, disjoint):
+    vq = make(kind)
+    vq.codebook_usage.fill_(3)
+    x = 5.0 + 3.0 * torch.randn(400, D)
+    vq.initialize_from_data(x, kmeans_iterations=3, disjoint=disjoint,
+                            generator=torch.Generator().manual_seed(7))
+    for stage, table in enumerate(expected_initialisation(vq, x, disjoint, seed=7)):
+        assert torch.equal(stage_rows(vq, stage), table)
+    assert vq.codebook_usage.sum() == 0
+
+
+def test_disjoint_initialisation_uses_a_share_per_codebook(kind):
+    """RVQ/AVQ fit later codebooks to other samples; PVQ is unchanged by the keyword."""
+    x = torch.randn(300, D)
+    shared, disjoint = make(kind), make(kind)
+    shared.initialize_from_data(x, generator=torch.Generator().manual_seed(1))
+    disjoint.initialize_from_data(x, disjoint=True, generator=torch.Generator().manual_seed(1))
+    same = torch.equal(shared.codebooks, disjoint.codebooks)
+    assert same == (kind == "PVQ")
+
+
+@pytest.mark.parametrize("samples, keywords, error", [
+    (torch.zeros(0, D), {}, ValueError),
+    (torch.zeros(2, D), {"disjoint": True}, ValueError),  # fewer than M for M shares
+    (torch.zeros(10, D + 1), {}, ValueError),
+    (torch.zeros(10, D), {"kmeans_iterations": -1}, ValueError),
+])
+def test_data_initialisation_rejects_bad_input(kind, samples, keywords, error):
+    vq = make(kind)
+    before = vq.codebooks.detach().clone()
+    if kind == "PVQ" and keywords.get("disjoint"):
+        vq.initialize_from_data(samples, **keywords)  # PVQ needs no shares
+        return
+    with pytest.raises(error, match="samples|kmeans_iterations"):
+        vq.initialize_from_data(samples, **keywords)
+    assert torch.equal(vq.codebooks, before)

@@ -294,3 +294,14 @@ def test_raw_scale_data_trains_with_data_init_and_relative_lr():
     robust = train(tiny("rvq", steps=60, init="data", lr_scale="data"), data,
                    progress=False)["eval_mse"]
     assert robust < 0.5 * float(data.var(0).mean()) < paper
+
+
+@pytest.mark.parametrize("method", ["rvq", "avq", "pvq"])
+def test_disjoint_data_init_trains(method):
+    """--init data-disjoint: each RVQ/AVQ codebook is fitted to its own share of the data."""
+    data = 120.0 + 80.0 * torch.randn(4000, 8, generator=torch.Generator().manual_seed(0))
+    result = train(tiny(method, steps=40, init="data-disjoint", lr_scale="data"), data,
+                   progress=False)
+    assert result["eval_mse"] < 0.5 * float(data.var(0).mean())
+    with pytest.raises(ConfigError, match="must be one of uniform, data, data-disjoint"):
+        tiny(method, init="kmeans").validate()
