@@ -285,19 +285,20 @@ class VectorQuantizer(nn.Module):
         residual = x
         for stage in range(self.num_stages):
             if split:  # every M-th sample, so that the shares are alike even for sorted data
-                residual = self._greedy_residual(x[stage::self.num_stages], stage)
+                residual = x[stage::self.num_stages]
+                for earlier in range(stage):
+                    residual = self._less_nearest(residual, earlier)
             target = self._init_target(x, residual, stage)  # (N, d)
-            table = self._stage_table(stage)
-            table.copy_(kmeans(target, self.num_codebooks, kmeans_iterations, generator))
-            residual = target - table[nearest_rows(target, table.to(target.dtype))]
+            self._stage_table(stage).copy_(
+                kmeans(target, self.num_codebooks, kmeans_iterations, generator))
+            if self._chained and not split:
+                residual = self._less_nearest(target, stage)
         self.codebook_usage.zero_()
 
-    def _greedy_residual(self, x: torch.Tensor, stages: int) -> torch.Tensor:
-        """x (N, D) less the nearest codeword of each of the first ``stages`` codebooks in turn."""
-        for stage in range(stages):
-            table = self._stage_table(stage).to(x.dtype)
-            x = x - table[nearest_rows(x, table)]
-        return x
+    def _less_nearest(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """x (N, d) less its nearest codeword in codebook ``stage``."""
+        table = self._stage_table(stage).to(x.dtype)
+        return x - table[nearest_rows(x, table)]
 
     def extra_repr(self) -> str:
         return (f"num_stages={self.num_stages}, vq_bitrate_per_stage={self.vq_bitrate_per_stage}, "
