@@ -62,8 +62,10 @@ class AVQ(VectorQuantizer):
         return f"{super().extra_repr()}, beam_width={self.beam_width}"
 
     def _elements_per_row(self) -> int:
-        beams = min(self.beam_width, len(self.codebooks))  # candidates (B, MK) per vector;
-        return max(beams * len(self.codebooks), (beams * self.num_stages) ** 2)  # set tests
+        # per vector: the (B, MK) candidates, and at most (B*M)² codeword comparisons
+        # between beams in ``_drop_repeated_sets``
+        beams = min(self.beam_width, len(self.codebooks))
+        return max(beams * len(self.codebooks), (beams * self.num_stages) ** 2)
 
     def _tables(self, dtype):
         codewords = self.codebooks.detach().to(dtype)  # (MK, D)
@@ -118,6 +120,9 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
         # error of extending tuple b by codeword j: e_b + ||c_j||² - 2<x,c_j> + 2Σ_i<c_i,c_j>
         candidate_error = torch.add(base.unsqueeze(1), crossed, alpha=2.0)  # (N, B, MK)
         candidate_error = candidate_error.add_(error.unsqueeze(2)).view(n, beams * total)
+        # the best B distinct sets among all extensions: the same as extending each beam by
+        # its B nearest codewords and keeping the best distinct sets (the paper's search),
+        # since an extension outside its beam's best B is beaten by B sets of that beam
         if step < stages - 1:
             _drop_repeated_sets(candidate_error, path, total)
         error, pick = smallest(candidate_error, 1 if step == stages - 1 else
