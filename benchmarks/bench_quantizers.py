@@ -32,7 +32,7 @@ from residual_vq import RVQ  # noqa: E402
 
 
 def build(method: str, stages: int, bits: int, dim: int, beam: int, device: str,
-          compile_model: bool = False):
+          compile_mode: str | None = None):
     """A quantizer with N(0,1)-initialised codebooks (input checks off, as in a tuned loop)."""
     if method == "AVQ":
         module = AVQ(stages, bits, dim, beam, device=device, check_finite=False)
@@ -41,7 +41,7 @@ def build(method: str, stages: int, bits: int, dim: int, beam: int, device: str,
                                                   check_finite=False)
     with torch.no_grad():
         module.codebooks.normal_(0, 0.3 / stages**0.5)
-    return torch.compile(module) if compile_model else module
+    return torch.compile(module, mode=compile_mode) if compile_mode else module
 
 
 def timed(fn, repeats: int, device: str) -> float:
@@ -62,8 +62,8 @@ def timed(fn, repeats: int, device: str) -> float:
     return min(samples)
 
 
-def train_step_ms(method, stages, bits, beam, device, steps, repeats, compile_model) -> float:
-    module = build(method, stages, bits, 128, beam, device, compile_model)
+def train_step_ms(method, stages, bits, beam, device, steps, repeats, compile_mode=None) -> float:
+    module = build(method, stages, bits, 128, beam, device, compile_mode)
     module.train()
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, fused=True)  # as training.py
     data = torch.randn(steps, 64, 128, device=device)
@@ -87,8 +87,8 @@ def encode_rate(module, x: torch.Tensor, repeats: int, device: str) -> float:
 
 
 def section_train(args, rows):
-    configs = [("AVQ", 3, 5, 8), ("AVQ", 4, 5, 16), ("RVQ", 4, 7, 1), ("PVQ", 4, 7, 1),
-               ("RVQ", 4, 5, 1), ("PVQ", 4, 5, 1)]
+    configs = [("AVQ", 3, 5, 8), ("RVQ", 4, 5, 1), ("PVQ", 4, 5, 1), ("AVQ", 4, 5, 16),
+               ("RVQ", 4, 7, 1), ("PVQ", 4, 7, 1)]
     for method, stages, bits, beam in configs:
         ms = train_step_ms(method, stages, bits, beam, args.device, args.steps, args.repeats,
                            args.compile)
@@ -160,6 +160,18 @@ def section_cuda(args, rows):
     rows.append((f"peak memory, batch {batch}", describe("AVQ", 4, 8, 16), f"{peak:.2f} GiB"))
 
 
+class Rows(list):
+    """Result rows (what, configuration, result), each printed as soon as it is measured, so
+    a run cut short by a time limit still shows what it finished."""
+
+    WIDTHS = (38, 38)
+
+    def append(self, row):
+        super().append(row)
+        cells = [cell.ljust(width) for cell, width in zip(row, self.WIDTHS)] + [row[-1]]
+        print(" | ".join(cells), flush=True)
+
+
 def describe(method: str, stages: int, bits: int, beam: int) -> str:
     text = f"{method} {stages}x{bits}b"
     return f"{text}, beam {beam}" if method == "AVQ" else text
@@ -171,8 +183,10 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="smaller batches, fewer repeats")
     parser.add_argument("--threads", type=int, default=None, help="torch (and faiss) threads")
-    parser.add_argument("--compile", action="store_true",
-                        help="wrap the modules in torch.compile for the training-step rows")
+    parser.add_argument("--compile", nargs="?", const="default", default=None,
+                        choices=["default", "reduce-overhead", "max-autotune"],
+                        help="wrap the modules in torch.compile(mode=...) for the training-step "
+                             "rows; reduce-overhead replays CUDA graphs on a GPU")
     parser.add_argument("--sections", default="train,encode,faiss,cuda",
                         help="comma-separated subset of train, encode, faiss, cuda")
     args = parser.parse_args(argv)
@@ -186,8 +200,8 @@ def main(argv=None) -> None:
 
     device_name = (torch.cuda.get_device_name() if args.device == "cuda"
                    else f"CPU, {torch.get_num_threads()} threads")
-    print(f"# torch {torch.__version__}, device: {device_name}")
-    rows = []
+    print(f"# torch {torch.__version__}, device: {device_name}", flush=True)
+    rows = Rows()
     if "train" in sections:
         section_train(args, rows)
     if "encode" in sections:
@@ -196,9 +210,6 @@ def main(argv=None) -> None:
         section_faiss(args, rows)
     if "cuda" in sections and args.device == "cuda":
         section_cuda(args, rows)
-    width = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        print(" | ".join(cell.ljust(w) for cell, w in zip(row, width)))
 
 
 if __name__ == "__main__":
