@@ -5,6 +5,7 @@
     python reproduce.py fig5 [--data DIR]  # ANN search recall@T, AVQ/RVQ/PVQ (SIFT1M in DIR)
     python reproduce.py fig6a [--data DIR] # ANN search recall@T up to 10000, RVQ
     python reproduce.py all [--quick]
+    python reproduce.py point --method AVQ --bits 40 --dim 128   # one MSE value of fig2/fig3
 
 Each writes JSON files in the schema of the published ones (``"VQ Bitrate"`` or ``"T"``,
 then ``"Mean (AVQ)"``, ``"Quantile Low (AVQ)"``, ``"Quantile High (AVQ)"``, ... over the
@@ -16,13 +17,20 @@ Full mode (the default) uses the paper's training settings; ``--quick`` is a CI-
 codebook fitted to its own share of 2**18 training vectors) and
 ``--tiny`` a seconds-long smoke run for the tests. MSE is the squared error summed over
 the D dimensions, averaged over the test vectors. Data: ``datasets.py``.
+
+``--jobs N`` runs N training runs of fig2/fig3 at once, each in its own process with one
+CPU thread; the results do not depend on N. On a GPU every process shares the card: start
+NVIDIA's MPS daemon (``nvidia-cuda-mps-control -d``) first so that their small kernels
+run side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -131,38 +139,73 @@ def summary(values: list[float]) -> tuple[float, float, float]:
     return float(np.mean(values)), float(low), float(high)
 
 
-def mse_curves(preset: Preset, kind: str, dim: int, header: dict) -> dict:
-    """The published schema for MSE vs bitrate: header, "VQ Bitrate", mean and quantiles."""
-    result = {**header, "Metric": "MSE", "VQ Bitrate": [f"{b} bits" for b in preset.bits]}
-    for method in METHODS:
-        stats = []
-        for bits in preset.bits:
-            start = time.perf_counter()
-            values = [mse_point(preset, kind, method, bits, dim, seed)
-                      for seed in range(preset.seeds)]
-            stats.append(summary(values))
-            print(f"{kind} D={dim} {method} {bits:2d} bits: MSE {stats[-1][0]:.4f} "
-                  f"({time.perf_counter() - start:.1f} s)", flush=True)
-        result[f"Mean ({method})"] = [s[0] for s in stats]
-        result[f"Quantile Low ({method})"] = [s[1] for s in stats]
-        result[f"Quantile High ({method})"] = [s[2] for s in stats]
+Point = tuple[str, str, int, int, int]  # (kind, method, total bits, dim, seed)
+
+
+def mse_points(preset: Preset, points: list[Point], jobs: int = 1) -> list[float]:
+    """``mse_point`` of every point, in ``jobs`` worker processes (1: in this process).
+
+    Each run seeds its own data and training and uses one CPU thread, so the values do not
+    depend on ``jobs``. Progress is printed as points finish.
+    """
+    start, values = time.perf_counter(), [0.0] * len(points)
+
+    def report(done: int, point: Point, value: float) -> None:
+        kind, method, bits, dim, seed = point
+        print(f"[{done}/{len(points)}] {kind} D={dim} {method} {bits:2d} bits seed {seed}: "
+              f"MSE {value:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    if jobs == 1:
+        for done, point in enumerate(points, 1):
+            values[done - 1] = mse_point(preset, *point)
+            report(done, point, values[done - 1])
+        return values
+    context = multiprocessing.get_context("spawn")  # fork is unsafe with CUDA and OpenMP
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = {pool.submit(mse_point, preset, *point): i for i, point in enumerate(points)}
+        for done, future in enumerate(as_completed(futures), 1):
+            values[futures[future]] = future.result()
+            report(done, points[futures[future]], values[futures[future]])
+    return values
+
+
+def mse_panels(preset: Preset, panels: dict[str, tuple[str, int, dict]],
+               jobs: int = 1) -> dict[str, dict]:
+    """MSE vs bitrate in the published schema, for panels {file: (kind, dim, header)}.
+
+    Each panel: its header, "Metric", "VQ Bitrate", then per method the mean and the
+    quantiles over the seeds. Every point of every panel runs in one pool of ``jobs``.
+    """
+    points = [(kind, method, bits, dim, seed) for kind, dim, _ in panels.values()
+              for method in METHODS for bits in preset.bits for seed in range(preset.seeds)]
+    values = dict(zip(points, mse_points(preset, points, jobs)))
+    result = {}
+    for name, (kind, dim, header) in panels.items():
+        panel = {**header, "Metric": "MSE", "VQ Bitrate": [f"{b} bits" for b in preset.bits]}
+        for method in METHODS:
+            stats = [summary([values[kind, method, bits, dim, seed]
+                              for seed in range(preset.seeds)]) for bits in preset.bits]
+            panel[f"Mean ({method})"] = [s[0] for s in stats]
+            panel[f"Quantile Low ({method})"] = [s[1] for s in stats]
+            panel[f"Quantile High ({method})"] = [s[2] for s in stats]
+        result[name] = panel
     return result
 
 
-def run_fig2(preset: Preset, out: Path) -> list[Path]:
+def run_fig2(preset: Preset, out: Path, jobs: int = 1) -> list[Path]:
     """Figure 2: correlated (a) and uncorrelated (b) data of dimension 64."""
-    panels = {"correlated_dataset_Fig2-a.json": mse_curves(preset, "correlated", 64,
-                                                           {"Data": "Correlated"}),
-              "uncorrelated_dataset_Fig2-b.json": mse_curves(preset, "uncorrelated", 64,
-                                                             {"Data": "Uncorrelated"})}
+    panels = mse_panels(preset, {
+        "correlated_dataset_Fig2-a.json": ("correlated", 64, {"Data": "Correlated"}),
+        "uncorrelated_dataset_Fig2-b.json": ("uncorrelated", 64, {"Data": "Uncorrelated"}),
+    }, jobs)
     return save_panels(panels, out, "Fig2", "Data")
 
 
-def run_fig3(preset: Preset, out: Path) -> list[Path]:
+def run_fig3(preset: Preset, out: Path, jobs: int = 1) -> list[Path]:
     """Figure 3: uncorrelated data of dimension 64, 128 and 256."""
-    panels = {f"Data_Dimension_{dim}.json": mse_curves(preset, "uncorrelated", dim,
-                                                        {"Data Dimension": str(dim)})
-              for dim in (64, 128, 256)}
+    panels = mse_panels(preset, {
+        f"Data_Dimension_{dim}.json": ("uncorrelated", dim, {"Data Dimension": str(dim)})
+        for dim in (64, 128, 256)}, jobs)
     return save_panels(panels, out, "Fig3", "Data Dimension")
 
 
@@ -310,8 +353,9 @@ def plot_panels(panels: dict[str, dict], stem: Path, label_key: str | None,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("figure", choices=["fig2", "fig3", "fig5", "fig6a", "all"],
-                        help="experiment to run (all: every one)")
+    parser.add_argument("figure", choices=["fig2", "fig3", "fig5", "fig6a", "all", "point"],
+                        help="experiment to run (all: every one; point: one MSE value of "
+                             "fig2/fig3, chosen by --kind, --method, --bits, --dim, --seed)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
                       help="CI-size run: fewer seeds and steps, k-means initialisation")
@@ -326,7 +370,31 @@ def build_parser() -> argparse.ArgumentParser:
                              "sift_base.fvecs, sift_query.fvecs, sift_groundtruth.ivecs); "
                              "default: a synthetic AR(1) corpus")
     parser.add_argument("--out", default="Results", help="output folder (default: Results)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="fig2/fig3: training runs in parallel, each in its own process "
+                             "with one CPU thread (default: 1)")
+    point = parser.add_argument_group("point", "one training run of fig2/fig3, printed")
+    point.add_argument("--kind", choices=["correlated", "uncorrelated"], default="uncorrelated")
+    point.add_argument("--method", choices=METHODS)
+    point.add_argument("--bits", type=int, help=f"total bits per vector ({STAGES} stages)")
+    point.add_argument("--dim", type=int, default=64, help="data dimension (default: 64)")
+    point.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
     return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject option values that would fail late or run something other than asked."""
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.figure != "point":
+        return
+    if args.method is None or args.bits is None:
+        parser.error("point needs --method and --bits")
+    if args.bits < STAGES or args.bits % STAGES:
+        parser.error(f"--bits must be a positive multiple of {STAGES}, got {args.bits}")
+    if args.dim < STAGES or args.dim % STAGES:
+        parser.error(f"--dim must be a positive multiple of {STAGES} (PVQ splits it), "
+                     f"got {args.dim}")
 
 
 def preset_from_args(args: argparse.Namespace) -> Preset:
@@ -338,15 +406,20 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
 
 def main(argv: list[str] | None = None) -> list[Path]:
     """Run the chosen experiment(s); returns the files written."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
     preset = preset_from_args(args)
+    if args.figure == "point":
+        mse_points(preset, [(args.kind, args.method, args.bits, args.dim, args.seed)])
+        return []
     out = Path(args.out)
     figures = ["fig2", "fig3", "fig5", "fig6a"] if args.figure == "all" else [args.figure]
     written: list[Path] = []
     for figure in figures:
         start = time.perf_counter()
         if figure in ("fig2", "fig3"):
-            written += {"fig2": run_fig2, "fig3": run_fig3}[figure](preset, out)
+            written += {"fig2": run_fig2, "fig3": run_fig3}[figure](preset, out, args.jobs)
         else:
             corpus = corpus_for(args, preset)
             written += {"fig5": run_fig5, "fig6a": run_fig6a}[figure](preset, out, corpus)

@@ -113,3 +113,31 @@ def test_fig5_reads_a_sift_style_directory(tmp_path):
 def test_load_sift_names_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="sift_base.fvecs"):
         reproduce.load_sift(tmp_path)
+
+
+def test_parallel_points_equal_sequential_ones():
+    preset = reproduce.replace(reproduce.PRESETS["tiny"], bits=(8,))
+    points = [("correlated", "AVQ", 8, 16, 0), ("uncorrelated", "PVQ", 8, 16, 1),
+              ("uncorrelated", "RVQ", 8, 16, 0)]
+    sequential = reproduce.mse_points(preset, points, jobs=1)
+    assert reproduce.mse_points(preset, points, jobs=2) == sequential
+    assert sequential[0] != sequential[2]  # the points are really different runs
+
+
+def test_point_command_prints_one_value(capsys):
+    assert reproduce.main(["point", "--tiny", "--method", "RVQ", "--bits", "8",
+                           "--dim", "16", "--kind", "correlated", "--seed", "3"]) == []
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("[1/1] correlated D=16 RVQ  8 bits seed 3: MSE ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fig2", "--jobs", "0"], "--jobs"),
+    (["point", "--bits", "8"], "--method"),
+    (["point", "--method", "AVQ", "--bits", "10"], "--bits"),
+    (["point", "--method", "PVQ", "--bits", "8", "--dim", "30"], "--dim"),
+])
+def test_bad_command_line_is_rejected_early(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(argv)
+    assert message in capsys.readouterr().err
