@@ -42,29 +42,19 @@ class RVQ(VectorQuantizer):
 
     def _tables(self, dtype):
         codebooks = self.codebooks.detach().to(dtype)  # (M, K, D)
-        return codebooks, score_tables(codebooks)  # (M, K, D), (M, D+1, K)
+        return codebooks, codebooks.pow(2).sum(-1)  # (M, K, D), (M, K)
 
     def _encode_chunk(self, x, tables):
-        codebooks, scores = tables
-        residual = x.new_ones(len(x), self.data_dim + 1)  # (N, D+1): [r, 1]
-        residual[:, :-1] = x
+        codebooks, norms = tables
+        residual = x.clone()  # (N, D)
         codes = []
         for stage in range(self.num_stages):
-            index = (residual @ scores[stage]).argmax(dim=1)  # (N,) nearest: largest score
-            residual[:, :-1] -= codebooks[stage, index]
+            # ||r - c||² - ||r||² = ||c||² - 2 <r, c>, (N, K)
+            distances = torch.addmm(norms[stage], residual, codebooks[stage].t(), alpha=-2.0)
+            index = distances.argmin(dim=1)  # (N,)
+            residual -= codebooks[stage, index]
             codes.append(index)
         return torch.stack(codes, dim=1)  # (N, M)
 
     def _decode(self, codes):
         return self._gather_codewords(codes).sum(dim=1)  # (N, M, D) -> (N, D)
-
-
-def score_tables(codebooks: torch.Tensor) -> torch.Tensor:
-    """(M, D+1, K) tables for codebooks (M, K, D): ``[r, 1] @ tables[m] = <r, c> - ||c||²/2``.
-
-    That is ``(||r||² - ||r - c||²) / 2``, so the nearest codeword has the largest score,
-    and one matrix product with a trailing 1 in each vector gives all scores, without a
-    separate pass over the (N, K) result to add the norms.
-    """
-    half_norms = codebooks.pow(2).sum(-1, keepdim=True) / 2  # (M, K, 1)
-    return torch.cat([codebooks, -half_norms], dim=2).transpose(1, 2).contiguous()
