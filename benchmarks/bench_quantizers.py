@@ -101,17 +101,17 @@ def encode_rate(module, x: torch.Tensor, repeats: int, device: str) -> float:
         return len(x) / timed(lambda: module.encode(x), repeats, device)
 
 
-def section_train(args, rows):
+def section_train(args):
     configs = [("AVQ", 3, 5, 8), ("RVQ", 4, 5, 1), ("PVQ", 4, 5, 1), ("AVQ", 4, 5, 16),
                ("RVQ", 4, 7, 1), ("PVQ", 4, 7, 1)]
     for method, stages, bits, beam in configs:
         ms = train_step_ms(method, stages, bits, beam, args.device, args.steps, args.repeats,
                            args.compile)
-        rows.append(("train step, batch 64, D=128", describe(method, stages, bits, beam),
-                     f"{ms:.3f} ms"))
+        report("train step, batch 64, D=128", describe(method, stages, bits, beam),
+               f"{ms:.3f} ms")
 
 
-def section_encode(args, rows):
+def section_encode(args):
     batch = 8192 if args.quick else 65536
     x = torch.randn(batch, 128, device=args.device)
     configs = [("AVQ", 3, 5, 8), ("AVQ", 4, 8, 16), ("RVQ", 4, 8, 1), ("PVQ", 4, 8, 1)]
@@ -120,15 +120,15 @@ def section_encode(args, rows):
     for method, stages, bits, beam in configs:
         module = build(method, stages, bits, 128, beam, args.device)
         rate = encode_rate(module, x, args.repeats, args.device)
-        rows.append((f"encode, batch {batch}, D=128", describe(method, stages, bits, beam),
-                     f"{rate / 1e6:.3f} M vectors/s"))
+        report(f"encode, batch {batch}, D=128", describe(method, stages, bits, beam),
+               f"{rate / 1e6:.3f} M vectors/s")
 
 
-def section_faiss(args, rows):
+def section_faiss(args):
     try:
         import faiss
     except ImportError:
-        rows.append(("faiss comparison", "faiss-cpu not installed", "skipped"))
+        report("faiss comparison", "faiss-cpu not installed", "skipped")
         return
     faiss.omp_set_num_threads(torch.get_num_threads())
     batch, dim, stages, bits = (8192 if args.quick else 65536), 64, 4, 8
@@ -152,12 +152,12 @@ def section_faiss(args, rows):
                 lambda vq=module: vq.encode(x), lambda ref=reference: ref.compute_codes(x_np),
                 args.repeats))
         label = f"encode, batch {batch}, D={dim}, {torch.get_num_threads()} threads"
-        rows.append((label, describe(method, stages, bits, 1), f"{ours / 1e6:.3f} M vectors/s"))
-        rows.append((label, f"{name} {stages}x{bits}b", f"{theirs / 1e6:.3f} M vectors/s "
-                     f"(ours: {ours / theirs:.2f}x)"))
+        report(label, describe(method, stages, bits, 1), f"{ours / 1e6:.3f} M vectors/s")
+        ratio = f"(ours: {ours / theirs:.2f}x)"
+        report(label, f"{name} {stages}x{bits}b", f"{theirs / 1e6:.3f} M vectors/s {ratio}")
 
 
-def section_cuda(args, rows):
+def section_cuda(args):
     batch = 8192 if args.quick else 65536
     x = torch.randn(batch, 128, device="cuda")
     for codewords in (96, 4096):
@@ -165,8 +165,8 @@ def section_cuda(args, rows):
         norms = table.pow(2).sum(1)
         rate = batch / timed(lambda t=table, n=norms: torch.addmm(n, x, t.t(), alpha=-2.0)
                              .argmin(dim=1), args.repeats, "cuda")
-        rows.append((f"limit, batch {batch}, D=128", f"distance + argmin, {codewords} codewords",
-                     f"{rate / 1e6:.3f} M vectors/s"))
+        report(f"limit, batch {batch}, D=128", f"distance + argmin, {codewords} codewords",
+               f"{rate / 1e6:.3f} M vectors/s")
     module = build("AVQ", 4, 8, 128, 16, "cuda")
     module.eval()
     torch.cuda.reset_peak_memory_stats()
@@ -174,19 +174,13 @@ def section_cuda(args, rows):
     with torch.no_grad():
         module.encode(x)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**30
-    rows.append((f"peak memory, batch {batch}", describe("AVQ", 4, 8, 16), f"{peak:.2f} GiB"))
+    report(f"peak memory, batch {batch}", describe("AVQ", 4, 8, 16), f"{peak:.2f} GiB")
 
 
-class Rows(list):
-    """Result rows (what, configuration, result), each printed as soon as it is measured, so
-    a run cut short by a time limit still shows what it finished."""
-
-    WIDTHS = (38, 38)
-
-    def append(self, row):
-        super().append(row)
-        cells = [cell.ljust(width) for cell, width in zip(row, self.WIDTHS)] + [row[-1]]
-        print(" | ".join(cells), flush=True)
+def report(what: str, configuration: str, result: str) -> None:
+    """Print one result row as soon as it is measured, so that a run cut short by a time
+    limit still shows what it finished."""
+    print(f"{what:<38} | {configuration:<38} | {result}", flush=True)
 
 
 def describe(method: str, stages: int, bits: int, beam: int) -> str:
@@ -218,15 +212,14 @@ def main(argv=None) -> None:
     device_name = (torch.cuda.get_device_name() if args.device == "cuda"
                    else f"CPU, {torch.get_num_threads()} threads")
     print(f"# torch {torch.__version__}, device: {device_name}", flush=True)
-    rows = Rows()
     if "train" in sections:
-        section_train(args, rows)
+        section_train(args)
     if "encode" in sections:
-        section_encode(args, rows)
+        section_encode(args)
     if "faiss" in sections and args.device == "cpu":
-        section_faiss(args, rows)
+        section_faiss(args)
     if "cuda" in sections and args.device == "cuda":
-        section_cuda(args, rows)
+        section_cuda(args)
 
 
 if __name__ == "__main__":
