@@ -268,12 +268,13 @@ class VectorQuantizer(nn.Module):
             samples: (..., D) training vectors; a few times K of them or more is best.
             kmeans_iterations: Lloyd iterations per codebook; 0 takes random samples.
             disjoint: RVQ and AVQ fit each codebook to the residuals of its own 1/M share
-                of the samples (every M-th one). Otherwise a codebook sees the residuals of the very
-                vectors the earlier codebooks were fitted to, which are smaller than those
-                of new vectors; with few samples per codeword in high dimension (say under
-                a few hundred at D >= 128) the later codebooks then fit the wrong scale.
-                Use it when samples are plentiful (e.g. 64 * M * K or more). PVQ, whose
-                codebooks do not depend on each other, always uses all samples.
+                of the samples (every M-th one). Otherwise a codebook sees the residuals
+                of the very vectors the earlier codebooks were fitted to, which are
+                smaller than those of new vectors; with few samples per codeword in high
+                dimension (say under a few hundred at D >= 128) the later codebooks then
+                fit the wrong scale. Use it when samples are plentiful (e.g. 64 * M * K
+                or more). PVQ, whose codebooks do not depend on each other, always uses
+                all samples.
             generator: optional CPU torch.Generator for the random choices.
         """
         x, _ = self._flatten(samples, "samples")
