@@ -145,7 +145,7 @@ def _best_extension(candidate_error: torch.Tensor) -> tuple[torch.Tensor, torch.
 
     The minimum over the beams first (a fast reduction), then the best codeword, then the
     beam that reaches it: the same as one argmin over all B*MK candidates, ties aside,
-    which takes about twice as long on a CPU for rows this short.
+    which takes longer on a CPU for rows this short.
     """
     n, beams, _ = candidate_error.shape
     codeword = candidate_error.amin(dim=1).argmin(dim=1, keepdim=True)  # (N, 1)
