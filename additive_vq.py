@@ -113,10 +113,10 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     error, chosen = smallest(base, min(beam_width, total))  # (N, B) ascending
     crossed = _rows(cross, chosen)  # (N, B, MK) Σ over the tuple of <c_i, c_j>, inf for used
     path = chosen.unsqueeze(2)  # (N, B, t) codewords of each tuple, best tuple first
+    beams = chosen.shape[1]
+    rows = torch.arange(0, n * beams, beams, device=x.device).unsqueeze(1)  # (N, 1) first beam
 
     for step in range(1, stages):
-        beams = chosen.shape[1]
-        rows = torch.arange(0, n * beams, beams, device=x.device).unsqueeze(1)  # (N, 1)
         # error of extending tuple b by codeword j: e_b + ||c_j||² - 2<x,c_j> + 2Σ_i<c_i,c_j>
         candidate_error = torch.add(base.unsqueeze(1), crossed, alpha=2.0)  # (N, B, MK)
         candidate_error = candidate_error.add_(error.unsqueeze(2))
@@ -127,17 +127,20 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
         # the best B distinct sets among all extensions: the same as extending each beam by
         # its B nearest codewords and keeping the best distinct sets (the paper's search),
         # since an extension outside its beam's best B is beaten by B sets of that beam
+        _drop_repeated_sets(candidate_error, path)
         candidate_error = candidate_error.view(n, beams * total)
-        _drop_repeated_sets(candidate_error, path, total)
         error, pick = smallest(candidate_error, min(beam_width, beams * total))  # (N, B')
         parent = pick.div(total, rounding_mode="floor") + rows  # (N, B') row of the beam
         chosen = pick.remainder(total)
         path = torch.cat([_take_rows(path, parent), chosen.unsqueeze(2)], dim=2)
         crossed = _take_rows(crossed, parent).add_(_rows(cross, chosen))
+        if chosen.shape[1] != beams:
+            beams = chosen.shape[1]
+            rows = torch.arange(0, n * beams, beams, device=x.device).unsqueeze(1)
 
-    codewords = path[:, 0]  # (N, M) the best tuple
-    codes = torch.empty_like(codewords)  # (N, M) indices in codebook order
-    return codes.scatter_(1, codewords // entries, codewords % entries)
+    # the best tuple (N, M); codebook m owns codewords m*K ... (m+1)*K - 1, so sorting
+    # puts them in codebook order
+    return path[:, 0].sort(dim=1).values.remainder_(entries)
 
 
 def _best_extension(candidate_error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,10 +156,10 @@ def _best_extension(candidate_error: torch.Tensor) -> tuple[torch.Tensor, torch.
     return column.view(n, beams).argmin(dim=1, keepdim=True), codeword
 
 
-def _drop_repeated_sets(candidate_error: torch.Tensor, path: torch.Tensor, total: int) -> None:
+def _drop_repeated_sets(candidate_error: torch.Tensor, path: torch.Tensor) -> None:
     """Set to +inf, in place, each candidate whose set of codewords a better beam also reaches.
 
-    candidate_error: (N, B*MK), candidate b*MK + j extends beam b by codeword j.
+    candidate_error: (N, B, MK), candidate [b, j] extends beam b by codeword j.
     path: (N, B, t) codewords of each beam, best beam first, no two beams the same set.
     Beam b extended by j holds the same set as beam a extended by j' exactly when the
     sets of a and b differ in one codeword each (j = the one a holds, j' = the one b
@@ -164,19 +167,20 @@ def _drop_repeated_sets(candidate_error: torch.Tensor, path: torch.Tensor, total
     candidate that adds a codeword b already holds, which is +inf anyway.
     """
     n, beams, size = path.shape
-    better = torch.ones(beams, beams, dtype=torch.bool, device=path.device).triu_(1)  # a < b
     if size == 1:  # single codewords: any two beams are one apart
-        column = torch.where(better, path.view(n, beams, 1), path.view(n, 1, beams))
+        order = torch.arange(beams, device=path.device)
+        first = torch.minimum(order.unsqueeze(1), order)  # (B, B): [b, a] -> min(a, b)
+        column = path.view(n, beams).index_select(1, first.view(-1)).view(n, beams, beams)
     else:
+        better = torch.ones(beams, beams, dtype=torch.bool, device=path.device).triu_(1)  # a < b
         # in_other[n, a, b, i]: codeword i of beam a is held by beam b, (N, A, B, t)
         in_other = (path.view(n, beams, 1, size, 1)
                     == path.view(n, 1, beams, 1, size)).any(dim=4)
         outside = ~in_other
         one_apart = (outside.sum(dim=3) == 1) & better  # (N, A, B)
         swapped_in = (path.unsqueeze(2) * outside).sum(dim=3)  # (N, A, B) a's codeword b lacks
-        column = torch.where(one_apart, swapped_in, path[:, :, 0].unsqueeze(1))  # (N, A, B)
-    column += torch.arange(0, beams * total, total, device=path.device)  # candidate index
-    candidate_error.scatter_(1, column.view(n, beams * beams), float("inf"))
+        column = torch.where(one_apart, swapped_in, path[:, :, 0].unsqueeze(1)).transpose(1, 2)
+    candidate_error.scatter_(2, column, float("inf"))  # column (N, B, A): beam b's codeword
 
 
 def smallest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

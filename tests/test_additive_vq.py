@@ -214,8 +214,8 @@ def test_repeated_sets_are_dropped_once(beams, size):
     """Every set a beam extension reaches stays exactly once, from its best beam."""
     total, n = 7, 30
     path = random_beams(n, beams, size, total, torch.Generator().manual_seed(size))
-    candidate_error = torch.zeros(n, beams * total)
-    _drop_repeated_sets(candidate_error, path, total)
+    candidate_error = torch.zeros(n, beams, total)
+    _drop_repeated_sets(candidate_error, path)
     for row in range(n):
         reached, kept = {}, []
         for b in range(beams):
@@ -224,6 +224,6 @@ def test_repeated_sets_are_dropped_once(beams, size):
                     continue  # adds a codeword the beam holds: +inf through the cross table
                 key = frozenset(path[row, b].tolist() + [j])
                 reached.setdefault(key, b)
-                if candidate_error[row, b * total + j] == 0:
+                if candidate_error[row, b, j] == 0:
                     kept.append((key, b))
         assert sorted(kept, key=str) == sorted(reached.items(), key=str)
