@@ -6,7 +6,7 @@
 
 Sections (each row measured in this run, the fastest of several repeats):
   1. training step (forward + backward + fused Adam, as in training.py) at batch 64,
-     D = 128;
+     D = 128, the six configurations timed in turns (rows printed when all are done);
   2. encode throughput at large batch;
   3. RVQ/PVQ encode against faiss-cpu's ResidualQuantizer (beam 1, the same greedy
      search) and ProductQuantizer at the same configuration and thread count, the two
@@ -62,22 +62,31 @@ def timed(fn, repeats: int, device: str) -> float:
     return min(samples)
 
 
-def timed_side_by_side(first, second, repeats: int) -> tuple[float, float]:
-    """Fastest of ``repeats`` runs of each of two CPU functions, run in turns, in seconds.
+def timed_in_turns(functions, repeats: int, device: str = "cpu") -> list[float]:
+    """Fastest of ``repeats`` runs of each function, the functions run in turns, in seconds.
 
-    Taking turns exposes both to the same moments of a shared machine, so their ratio
-    is fairer than that of two blocks of repeats measured one after the other."""
-    first(), second()
-    samples = ([], [])
+    One warm-up run each, then ``repeats`` rounds of one run of every function. Taking
+    turns spreads each function's runs over the whole measurement, so a slow minute of a
+    shared machine hits all of them alike and their ratios stay fair; measured one block
+    after the other, a function whose block falls in that minute would look slower."""
+    for fn in functions:
+        fn()
+    samples = [[] for _ in functions]
     for _ in range(repeats):
-        for fn, times in zip((first, second), samples):
+        for fn, times in zip(functions, samples):
+            if device == "cuda":
+                torch.cuda.synchronize()
             start = time.perf_counter()
             fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    return min(samples[0]), min(samples[1])
+    return [min(times) for times in samples]
 
 
-def train_step_ms(method, stages, bits, beam, device, steps, repeats, compile_mode=None) -> float:
+def train_steps(method, stages, bits, beam, device, steps, compile_mode=None):
+    """A function that runs ``steps`` training steps (forward, loss, backward, fused Adam,
+    as training.py does) at batch 64, D = 128."""
     module = build(method, stages, bits, 128, beam, device, compile_mode)
     module.train()
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, fused=True)  # as training.py
@@ -91,7 +100,7 @@ def train_step_ms(method, stages, bits, beam, device, steps, repeats, compile_mo
             loss.backward()
             optimizer.step()
 
-    return 1e3 * timed(run, repeats, device) / steps
+    return run
 
 
 def encode_rate(module, x: torch.Tensor, repeats: int, device: str) -> float:
@@ -104,11 +113,12 @@ def encode_rate(module, x: torch.Tensor, repeats: int, device: str) -> float:
 def section_train(args):
     configs = [("AVQ", 3, 5, 8), ("RVQ", 4, 5, 1), ("PVQ", 4, 5, 1), ("AVQ", 4, 5, 16),
                ("RVQ", 4, 7, 1), ("PVQ", 4, 7, 1)]
-    for method, stages, bits, beam in configs:
-        ms = train_step_ms(method, stages, bits, beam, args.device, args.steps, args.repeats,
-                           args.compile)
+    runs = [train_steps(method, stages, bits, beam, args.device, args.steps, args.compile)
+            for method, stages, bits, beam in configs]
+    for (method, stages, bits, beam), seconds in zip(
+            configs, timed_in_turns(runs, args.repeats, args.device)):
         report("train step, batch 64, D=128", describe(method, stages, bits, beam),
-               f"{ms:.3f} ms")
+               f"{1e3 * seconds / args.steps:.3f} ms")
 
 
 def section_encode(args):
@@ -148,8 +158,8 @@ def section_faiss(args):
             name = "faiss ProductQuantizer"
         reference.train(train.numpy())
         with torch.no_grad():
-            ours, theirs = (batch / seconds for seconds in timed_side_by_side(
-                lambda vq=module: vq.encode(x), lambda ref=reference: ref.compute_codes(x_np),
+            ours, theirs = (batch / seconds for seconds in timed_in_turns(
+                [lambda vq=module: vq.encode(x), lambda ref=reference: ref.compute_codes(x_np)],
                 args.repeats))
         label = f"encode, batch {batch}, D={dim}, {torch.get_num_threads()} threads"
         report(label, describe(method, stages, bits, 1), f"{ours / 1e6:.3f} M vectors/s")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -14,17 +15,31 @@ import compare_classical  # noqa: E402
 
 
 @pytest.mark.parametrize("method, beam", [("AVQ", 2), ("RVQ", 1), ("PVQ", 1)])
-def test_train_step_ms_times_a_few_steps(method, beam):
-    ms = bench_quantizers.train_step_ms(method, 2, 3, beam, "cpu", steps=2, repeats=1)
-    assert 0 < ms < 10_000
+def test_train_steps_train_the_codebooks(method, beam, monkeypatch):
+    built = []
+    build = bench_quantizers.build
+    monkeypatch.setattr(bench_quantizers, "build",
+                        lambda *args, **kwargs: built.append(build(*args, **kwargs)) or built[-1])
+    run = bench_quantizers.train_steps(method, 2, 3, beam, "cpu", steps=2)
+    before = built[0].codebooks.detach().clone()
+    run()
+    assert not torch.equal(built[0].codebooks, before)
 
 
-def test_side_by_side_runs_each_function_in_turns():
+def test_timed_in_turns_runs_each_function_in_turns():
     calls = []
-    first, second = bench_quantizers.timed_side_by_side(
-        lambda: calls.append("a"), lambda: calls.append("b"), repeats=3)
-    assert calls == ["a", "b"] * 4  # one warm-up each, then three turns
-    assert first >= 0 and second >= 0
+    seconds = bench_quantizers.timed_in_turns(
+        [lambda: calls.append("a"), lambda: calls.append("b"), lambda: calls.append("c")],
+        repeats=3)
+    assert calls == ["a", "b", "c"] * 4  # one warm-up each, then three rounds
+    assert len(seconds) == 3 and all(s >= 0 for s in seconds)
+
+
+def test_train_section_reports_every_configuration(capsys):
+    bench_quantizers.main(["--quick", "--sections", "train"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if "train step" in line]
+    assert len(rows) == 6
+    assert all(float(row.split("|")[2].split()[0]) > 0 for row in rows)
 
 
 def test_report_prints_one_aligned_row(capsys):
