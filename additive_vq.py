@@ -26,7 +26,7 @@ import torch
 from nsvq import CPU, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer, check_int, replace_rows
 
 _HUGE = 1e30  # stands in for a non-finite distance; a sum of M of them stays finite
-_MIN_GROUP = 8  # smaller groups do not repay the extra steps of ``smallest``
+_MIN_GROUP = 16  # smaller groups do not repay the extra steps of ``smallest``
 _MIN_STRIDE = 64  # the group minima are a fast element-wise reduction over rows this long
 
 
@@ -122,7 +122,8 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
         candidate_error = candidate_error.add_(error.unsqueeze(2))
         if step == stages - 1:
             parent, chosen = _best_extension(candidate_error)  # (N, 1) each
-            path = torch.cat([_take_rows(path, parent + rows), chosen.unsqueeze(2)], dim=2)
+            best = path.gather(1, parent.unsqueeze(2).expand(n, 1, step))  # (N, 1, M-1)
+            path = torch.cat([best, chosen.unsqueeze(2)], dim=2)  # (N, 1, M)
             break
         # the best B distinct sets among all extensions: the same as extending each beam by
         # its B nearest codewords and keeping the best distinct sets (the paper's search),
