@@ -193,8 +193,7 @@ class VectorQuantizer(nn.Module):
         x, shape = self._flatten(input_data, "input_data")  # (N, D) float32 or float64
         if train_mode is None:
             train_mode = self.training
-        with torch.no_grad():
-            codes = self._encode(x.detach())  # (N, M)
+        codes = self._search(x)  # (N, M)
         if train_mode:
             count_usage(self.codebook_usage, codes)
             out = noise_substitution(x, self._decode(codes).to(x.dtype))
@@ -209,9 +208,7 @@ class VectorQuantizer(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Indices of the chosen codewords: (..., D) float -> (..., M) int64."""
         flat, shape = self._flatten(x, "x")
-        with torch.no_grad():
-            codes = self._encode(flat)
-        return codes.reshape(*shape[:-1], self.num_stages)
+        return self._search(flat).reshape(*shape[:-1], self.num_stages)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Reconstruct vectors from codeword indices: (..., M) int -> (..., D) float32."""
@@ -316,6 +313,22 @@ class VectorQuantizer(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_stages={self.num_stages}, vq_bitrate_per_stage={self.vq_bitrate_per_stage}, "
                 f"data_dim={self.data_dim}, discard_threshold={self.discard_threshold}")
+
+    def _search(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes (N, M) of x (N, D), searched in inference mode.
+
+        Inference mode spares the search's many small operations the autograd bookkeeping
+        that ``no_grad`` still does; the codes are copied out as an ordinary tensor, which
+        autograd may save and the caller may modify. Under ``torch.compile``, which traces
+        no inference mode inside a training graph (and has no per-operation cost to
+        spare), ``no_grad`` is used.
+        """
+        if torch.compiler.is_compiling():
+            with torch.no_grad():
+                return self._encode(x)
+        with torch.inference_mode():
+            codes = self._encode(x)
+        return codes.clone()
 
     # --- subclass hooks ---------------------------------------------------------------
 

@@ -130,6 +130,18 @@ def test_gradients_reach_the_input(kind):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+def test_outputs_are_ordinary_tensors(kind):
+    """The search runs in inference mode; nothing it returns is an inference tensor."""
+    vq = make(kind)
+    x = torch.randn(8, D)
+    codes = vq.encode(x)
+    out, usage = vq(x, train_mode=False)
+    for tensor in (codes, out, usage):
+        assert not tensor.is_inference()
+    codes += 0  # in-place use outside inference mode is allowed
+    out.mul_(2.0)
+
+
 def test_eval_output_is_hard_quantized_and_detached(kind):
     vq = make(kind)
     x = torch.randn(32, D, requires_grad=True)
