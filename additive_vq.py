@@ -173,14 +173,17 @@ def _drop_repeated_sets(candidate_error: torch.Tensor, path: torch.Tensor) -> No
         first = torch.minimum(order.unsqueeze(1), order)  # (B, B): [b, a] -> min(a, b)
         column = path.view(n, beams).index_select(1, first.view(-1)).view(n, beams, beams)
     else:
-        better = torch.ones(beams, beams, dtype=torch.bool, device=path.device).triu_(1)  # a < b
-        # in_other[n, a, b, i]: codeword i of beam a is held by beam b, (N, A, B, t)
-        in_other = (path.view(n, beams, 1, size, 1)
-                    == path.view(n, 1, beams, 1, size)).any(dim=4)
-        outside = ~in_other
-        one_apart = (outside.sum(dim=3) == 1) & better  # (N, A, B)
-        swapped_in = (path.unsqueeze(2) * outside).sum(dim=3)  # (N, A, B) a's codeword b lacks
-        column = torch.where(one_apart, swapped_in, path[:, :, 0].unsqueeze(1)).transpose(1, 2)
+        # codeword position first, so that every comparison and sum below runs over
+        # contiguous (N, B, A) blocks rather than over the t codewords of one beam
+        codewords = path.permute(2, 0, 1).contiguous()  # (t, N, B)
+        # held[i, n, b, a]: codeword i of beam a is also held by beam b, (t, N, B, A)
+        held = (codewords.view(size, 1, n, 1, beams)
+                == codewords.view(1, size, n, beams, 1)).any(dim=1)
+        missing = ~held
+        better = torch.ones(beams, beams, dtype=torch.bool, device=path.device).tril_(-1)
+        one_apart = (missing.sum(dim=0) == 1) & better  # (N, B, A), only a < b
+        swapped_in = (codewords.unsqueeze(2) * missing).sum(dim=0)  # a's codeword b lacks
+        column = torch.where(one_apart, swapped_in, path[:, :, 0].unsqueeze(2))
     candidate_error.scatter_(2, column, float("inf"))  # column (N, B, A): beam b's codeword
 
 
