@@ -13,8 +13,9 @@ Every error the search needs comes from tables: with ``<x, c>`` for all codeword
     ||x - Σ_S c||² = ||x||² - 2 Σ_S <x, c> + Σ_S ||c||² + 2 Σ_{i<j in S} <c_i, c_j>,
 
 so a beam step is a gather, an add and a top-k instead of new distance computations.
-Copies of a set are recognised by comparing the beams' codewords, not by hashing, and the
-top-k over the (N, B*MK) candidates first narrows them to groups (``smallest``).
+Copies of a set are recognised by comparing the beams' codewords, not by hashing, and when
+M*K >= 128 the top-k over the (N, B*MK) candidates first narrows them to groups
+(``smallest``).
 """
 
 from __future__ import annotations
