@@ -47,12 +47,15 @@ class RVQ(VectorQuantizer):
     def _encode_chunk(self, x, tables):
         codebooks, norms = tables
         residual = x.clone()  # (N, D)
+        # one buffer each for the distances and the chosen codewords, reused by every stage
+        distances = x.new_empty(len(x), self.num_codebooks)  # (N, K)
+        chosen = torch.empty_like(residual)  # (N, D)
         codes = []
         for stage in range(self.num_stages):
             # ||r - c||² - ||r||² = ||c||² - 2 <r, c>, (N, K)
-            distances = torch.addmm(norms[stage], residual, codebooks[stage].t(), alpha=-2.0)
+            torch.addmm(norms[stage], residual, codebooks[stage].t(), alpha=-2.0, out=distances)
             index = distances.argmin(dim=1)  # (N,)
-            residual -= codebooks[stage, index]
+            residual -= torch.index_select(codebooks[stage], 0, index, out=chosen)
             codes.append(index)
         return torch.stack(codes, dim=1)  # (N, M)
 
