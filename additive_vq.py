@@ -29,6 +29,7 @@ from nsvq import CPU, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer, check_int, rep
 _HUGE = 1e30  # stands in for a non-finite distance; a sum of M of them stays finite
 _MIN_GROUP = 16  # smaller groups do not repay the extra steps of ``smallest``
 _MIN_STRIDE = 64  # the group minima are a fast element-wise reduction over rows this long
+_BUFFERED = 2**17  # searches whose (N, B, MK) tables hold this many entries reuse buffers
 
 
 class AVQ(VectorQuantizer):
@@ -112,14 +113,24 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     base = torch.nan_to_num(base, nan=_HUGE, posinf=_HUGE, neginf=-_HUGE)
 
     error, chosen = smallest(base, min(beam_width, total))  # (N, B) ascending
-    crossed = _rows(cross, chosen)  # (N, B, MK) Σ over the tuple of <c_i, c_j>, inf for used
+    # a large search keeps its (N, B, MK) tables in three buffers that take turns, each
+    # allocated once: freed blocks this large go back to the system (glibc), and every new
+    # one would be faulted in afresh. A small one allocates as it goes (fewer operations).
+    most = min(beam_width, total)  # beams entering the last step, the most of any step
+    for _ in range(2, stages):
+        most = min(beam_width, most * total)
+    size = n * most * total
+    crossed_buffer, spare, added = (x.new_empty(size) if size >= _BUFFERED else None
+                                    for _ in range(3))
+    crossed = _rows(cross, chosen, crossed_buffer)  # (N, B, MK) Σ_tuple <c_i, c_j>, inf if used
     path = chosen.unsqueeze(2)  # (N, B, t) codewords of each tuple, best tuple first
     beams = chosen.shape[1]
     rows = torch.arange(0, n * beams, beams, device=x.device).unsqueeze(1)  # (N, 1) first beam
 
     for step in range(1, stages):
         # error of extending tuple b by codeword j: e_b + ||c_j||² - 2<x,c_j> + 2Σ_i<c_i,c_j>
-        candidate_error = torch.add(base.unsqueeze(1), crossed, alpha=2.0)  # (N, B, MK)
+        candidate_error = torch.add(base.unsqueeze(1), crossed, alpha=2.0,
+                                    out=_front(spare, crossed.shape))  # (N, B, MK)
         candidate_error = candidate_error.add_(error.unsqueeze(2))
         if step == stages - 1:
             parent, chosen = _best_extension(candidate_error)  # (N, 1) each
@@ -135,7 +146,9 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
         parent = pick.div(total, rounding_mode="floor") + rows  # (N, B') row of the beam
         chosen = pick.remainder(total)
         path = torch.cat([_take_rows(path, parent), chosen.unsqueeze(2)], dim=2)
-        crossed = _take_rows(crossed, parent).add_(_rows(cross, chosen))
+        # the candidate errors are spent: their buffer takes the new cross sums
+        crossed = _take_rows(crossed, parent, spare).add_(_rows(cross, chosen, added))
+        crossed_buffer, spare = spare, crossed_buffer
         if chosen.shape[1] != beams:
             beams = chosen.shape[1]
             rows = torch.arange(0, n * beams, beams, device=x.device).unsqueeze(1)
@@ -211,16 +224,27 @@ def smallest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return top, members.gather(1, position)
 
 
-def _take_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _take_rows(table: torch.Tensor, rows: torch.Tensor,
+               buffer: torch.Tensor | None = None) -> torch.Tensor:
     """Rows of ``table`` (N, B, C) seen as (N*B, C), for rows (N, B') -> (N, B', C)."""
     n, beams, columns = table.shape
-    return table.reshape(n * beams, columns).index_select(0, rows.view(-1)).view(
-        n, rows.shape[1], columns)
+    return _rows(table.reshape(n * beams, columns), rows, buffer)
 
 
-def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[index]`` for a 2-D table and (N, B) index, as one index_select: (N, B, C)."""
-    return table.index_select(0, index.reshape(-1)).reshape(*index.shape, table.shape[1])
+def _rows(table: torch.Tensor, index: torch.Tensor,
+          buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """``table[index]`` for a 2-D table and (N, B) index, as one index_select: (N, B, C).
+
+    Written into the front of ``buffer`` (1-D, large enough) when one is given.
+    """
+    shape = (index.numel(), table.shape[1])
+    return torch.index_select(table, 0, index.reshape(-1), out=_front(buffer, shape)).view(
+        *index.shape, shape[1])
+
+
+def _front(buffer: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The first prod(shape) entries of the 1-D ``buffer``, viewed as ``shape`` (or None)."""
+    return None if buffer is None else buffer[:math.prod(shape)].view(shape)
 
 
 def cross_table(codewords: torch.Tensor,

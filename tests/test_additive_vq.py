@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import additive_vq
 from additive_vq import AVQ, _drop_repeated_sets, smallest
 from original_reference import (
     as_numpy,
@@ -227,3 +228,17 @@ def test_repeated_sets_are_dropped_once(beams, size):
                 if candidate_error[row, b, j] == 0:
                     kept.append((key, b))
         assert sorted(kept, key=str) == sorted(reached.items(), key=str)
+
+
+@pytest.mark.parametrize("stages, bits, beam", [(3, 5, 8), (4, 3, 16), (2, 2, 8), (4, 2, 32)])
+def test_buffered_search_equals_unbuffered(stages, bits, beam, monkeypatch):
+    """Large searches keep their tables in reused buffers; the codes must not change."""
+    torch.manual_seed(0)
+    vq = AVQ(stages, bits, 16, beam)
+    with torch.no_grad():
+        vq.codebooks.normal_()
+    x = torch.randn(300, 16)
+    monkeypatch.setattr(additive_vq, "_BUFFERED", 2**62)
+    unbuffered = vq.encode(x)
+    monkeypatch.setattr(additive_vq, "_BUFFERED", 1)
+    assert torch.equal(vq.encode(x), unbuffered)
