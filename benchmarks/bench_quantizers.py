@@ -50,17 +50,7 @@ def timed(fn, repeats: int, device: str) -> float:
 
     The minimum, as ``timeit`` reports: on a shared machine the slower runs measure the
     neighbours, not the code."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return min(samples)
+    return timed_in_turns([fn], repeats, device)[0]
 
 
 def timed_in_turns(functions, repeats: int, device: str = "cpu") -> list[float]:
