@@ -15,7 +15,7 @@ Every error the search needs comes from tables: with ``<x, c>`` for all codeword
 so a beam step is a gather, an add and a top-k instead of new distance computations.
 Copies of a set are recognised by comparing the beams' codewords, not by hashing, and when
 M*K >= 128 the top-k over the (N, B*MK) candidates first narrows them to groups
-(``smallest``).
+(``k_smallest``).
 """
 
 from __future__ import annotations
@@ -24,10 +24,17 @@ import math
 
 import torch
 
-from nsvq import CPU, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer, check_int, replace_rows
+from stochastic_vq.nsvq import (
+    CPU,
+    DEFAULT_GROUP,
+    DEFAULT_REPLACEMENT_NOISE,
+    VectorQuantizer,
+    check_int,
+)
+from stochastic_vq.usage import replace_rows
 
 _HUGE = 1e30  # stands in for a non-finite distance; a sum of M of them stays finite
-_MIN_GROUP = 16  # smaller groups do not repay the extra steps of ``smallest``
+_MIN_GROUP = 16  # smaller groups do not repay the extra steps of ``k_smallest``
 _MIN_STRIDE = 64  # the group minima are a fast element-wise reduction over rows this long
 _BUFFERED = 2**17  # searches whose (N, B, MK) tables hold this many entries reuse buffers
 
@@ -45,6 +52,9 @@ class AVQ(VectorQuantizer):
         device: where the codebooks live.
         check_finite: reject NaN/Inf input (one host sync per call; turn off for speed).
         replacement_noise: noise of a replaced codeword, relative to the codewords' RMS.
+        process_group: over which processes ``replace_unused_codebooks`` synchronises:
+            "default" (the default group under torch.distributed, as DDP), None (no
+            synchronisation) or a torch.distributed.ProcessGroup.
 
     The trainable parameter ``codebooks`` has shape (M*K, D); codebook m owns rows
     ``m*K ... (m+1)*K - 1``.
@@ -53,12 +63,14 @@ class AVQ(VectorQuantizer):
     def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
                  beam_width: int, discard_threshold: float = 0.01,
                  device=CPU, *, check_finite: bool = True,
-                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE):
+                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE,
+                 process_group=DEFAULT_GROUP):
         super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold, device,
-                         check_finite=check_finite, replacement_noise=replacement_noise)
+                         check_finite=check_finite, replacement_noise=replacement_noise,
+                         process_group=process_group)
         self.beam_width = check_int("beam_width", beam_width)
         self.codebooks = self._uniform_codebooks(
-            (num_stages * self.num_codebooks, data_dim), device)
+            (num_stages * self.codebook_size, data_dim), device)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, beam_width={self.beam_width}"
@@ -82,7 +94,7 @@ class AVQ(VectorQuantizer):
         return self._gather_codewords(codes).sum(dim=1)  # (N, M, D) -> (N, D)
 
     def _stage_table(self, stage):
-        entries = self.num_codebooks
+        entries = self.codebook_size
         return self.codebooks.detach()[stage * entries:(stage + 1) * entries]
 
     def _replace(self, unused, generator):
@@ -112,7 +124,7 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
     base = torch.nan_to_num(base, nan=_HUGE, posinf=_HUGE, neginf=-_HUGE)
 
-    error, chosen = smallest(base, min(beam_width, total))  # (N, B) ascending
+    error, chosen = k_smallest(base, min(beam_width, total))  # (N, B) ascending
     # a large search keeps its (N, B, MK) tables in three buffers that take turns, each
     # allocated once: freed blocks this large go back to the system (glibc), and every new
     # one would be faulted in afresh. A small one allocates as it goes (fewer operations).
@@ -122,7 +134,8 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     size = n * most * total
     crossed_buffer, spare, added = (x.new_empty(size) if size >= _BUFFERED else None
                                     for _ in range(3))
-    crossed = _rows(cross, chosen, crossed_buffer)  # (N, B, MK) Σ_tuple <c_i, c_j>, inf if used
+    # (N, B, MK): Σ_tuple <c_i, c_j> for every codeword j, inf if j's codebook is used
+    crossed = _gather_rows(cross, chosen, crossed_buffer)
     path = chosen.unsqueeze(2)  # (N, B, t) codewords of each tuple, best tuple first
     beams = chosen.shape[1]
     rows = torch.arange(0, n * beams, beams, device=x.device).unsqueeze(1)  # (N, 1) first beam
@@ -130,7 +143,7 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     for step in range(1, stages):
         # error of extending tuple b by codeword j: e_b + ||c_j||² - 2<x,c_j> + 2Σ_i<c_i,c_j>
         candidate_error = torch.add(base.unsqueeze(1), crossed, alpha=2.0,
-                                    out=_front(spare, crossed.shape))  # (N, B, MK)
+                                    out=_buffer_view(spare, crossed.shape))  # (N, B, MK)
         candidate_error = candidate_error.add_(error.unsqueeze(2))
         if step == stages - 1:
             parent, chosen = _best_extension(candidate_error)  # (N, 1) each
@@ -142,12 +155,12 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
         # since an extension outside its beam's best B is beaten by B sets of that beam
         _drop_repeated_sets(candidate_error, path)
         candidate_error = candidate_error.view(n, beams * total)
-        error, pick = smallest(candidate_error, min(beam_width, beams * total))  # (N, B')
+        error, pick = k_smallest(candidate_error, min(beam_width, beams * total))  # (N, B')
         parent = pick.div(total, rounding_mode="floor") + rows  # (N, B') row of the beam
         chosen = pick.remainder(total)
-        path = torch.cat([_take_rows(path, parent), chosen.unsqueeze(2)], dim=2)
+        path = torch.cat([_gather_beams(path, parent), chosen.unsqueeze(2)], dim=2)
         # the candidate errors are spent: their buffer takes the new cross sums
-        crossed = _take_rows(crossed, parent, spare).add_(_rows(cross, chosen, added))
+        crossed = _gather_beams(crossed, parent, spare).add_(_gather_rows(cross, chosen, added))
         crossed_buffer, spare = spare, crossed_buffer
         if chosen.shape[1] != beams:
             beams = chosen.shape[1]
@@ -201,7 +214,7 @@ def _drop_repeated_sets(candidate_error: torch.Tensor, path: torch.Tensor) -> No
     candidate_error.scatter_(2, column, float("inf"))  # column (N, B, A): beam b's codeword
 
 
-def smallest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def k_smallest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``values.topk(k, dim=1, largest=False)`` for values (N, C), ascending; faster for C >> k.
 
     Splits each row into C/g groups of g ≈ sqrt(C / k) values: the k smallest values lie
@@ -224,25 +237,25 @@ def smallest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return top, members.gather(1, position)
 
 
-def _take_rows(table: torch.Tensor, rows: torch.Tensor,
-               buffer: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows of ``table`` (N, B, C) seen as (N*B, C), for rows (N, B') -> (N, B', C)."""
+def _gather_beams(table: torch.Tensor, rows: torch.Tensor,
+                  buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """The beams ``rows`` (N, B') of ``table`` (N, B, C) seen as (N*B, C): (N, B', C)."""
     n, beams, columns = table.shape
-    return _rows(table.reshape(n * beams, columns), rows, buffer)
+    return _gather_rows(table.reshape(n * beams, columns), rows, buffer)
 
 
-def _rows(table: torch.Tensor, index: torch.Tensor,
-          buffer: torch.Tensor | None = None) -> torch.Tensor:
+def _gather_rows(table: torch.Tensor, index: torch.Tensor,
+                 buffer: torch.Tensor | None = None) -> torch.Tensor:
     """``table[index]`` for a 2-D table and (N, B) index, as one index_select: (N, B, C).
 
     Written into the front of ``buffer`` (1-D, large enough) when one is given.
     """
     shape = (index.numel(), table.shape[1])
-    return torch.index_select(table, 0, index.reshape(-1), out=_front(buffer, shape)).view(
-        *index.shape, shape[1])
+    out = _buffer_view(buffer, shape)
+    return torch.index_select(table, 0, index.reshape(-1), out=out).view(*index.shape, shape[1])
 
 
-def _front(buffer: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+def _buffer_view(buffer: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
     """The first prod(shape) entries of the 1-D ``buffer``, viewed as ``shape`` (or None)."""
     return None if buffer is None else buffer[:math.prod(shape)].view(shape)
 

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from complexity import AVQ_Complexity, PVQ_Complexity, RVQ_Complexity
+from stochastic_vq.methods import METHODS as METHOD_KEYS
+from stochastic_vq.methods import PAPER_BITRATES, PAPER_STAGES, build_quantizer, label
 
-METHODS = ("AVQ", "RVQ", "PVQ")
-PAPER_STAGES = 4
-PAPER_BITS = tuple(range(12, 41, 4))
+METHODS = tuple(label(method) for method in METHOD_KEYS)  # "AVQ", "RVQ", "PVQ"
 # file name -> (figure, data dimension, largest AVQ beam width; the beam is min(K, this))
 PAPER_FIGURES = {
     "Complexity_Fig4-c": ("Fig. 4c", 64, 16),
@@ -59,19 +59,7 @@ def measure_encode_us(
     on ``batch`` N(0, 1) vectors, after one warm-up call."""
     import torch
 
-    if method == "AVQ":
-        from additive_vq import AVQ
-
-        quantizer = AVQ(stages, bits, dim, beam_width)
-    elif method == "RVQ":
-        from residual_vq import RVQ
-
-        quantizer = RVQ(stages, bits, dim)
-    else:
-        from product_vq import PVQ
-
-        quantizer = PVQ(stages, bits, dim)
-    quantizer.eval()
+    quantizer = build_quantizer(method.lower(), stages, bits, dim, beam_width).eval()
     x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(0))  # (N, D)
     seconds = []
     with torch.no_grad():
@@ -96,7 +84,7 @@ def paper_figure(dim: int, max_beam: int, **model: bool) -> dict:
         "RVQ": [],
         "PVQ": [],
     }
-    for total_bits in PAPER_BITS:
+    for total_bits in PAPER_BITRATES:
         bits = total_bits // PAPER_STAGES
         beam = min(2**bits, max_beam)
         models = complexities(dim, PAPER_STAGES, bits, beam, **model)
@@ -108,12 +96,10 @@ def paper_figure(dim: int, max_beam: int, **model: bool) -> dict:
 
 def plot_figures(figures: dict, out_dir: Path, all_stages: bool) -> None:
     """Two panels, log10 WMOPS vs bitrate; saved as complexity.pdf and complexity.png."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig = Figure(figsize=(9, 3.6))
+    axes = fig.subplots(1, 2)
     for ax, (name, figure) in zip(axes, figures.items()):
         label, dim, max_beam = PAPER_FIGURES[name]
         bits = [int(rate.split()[0]) for rate in figure["VQ Bitrate"]]
@@ -130,7 +116,6 @@ def plot_figures(figures: dict, out_dir: Path, all_stages: bool) -> None:
     fig.tight_layout()
     fig.savefig(out_dir / "complexity.pdf", metadata={"CreationDate": None})
     fig.savefig(out_dir / "complexity.png", dpi=150)
-    plt.close(fig)
 
 
 def write_paper_figures(out_dir: Path, single_precision: bool, all_stages: bool) -> dict:
@@ -302,8 +287,8 @@ def format_figures(figures: dict, out_dir: Path) -> str:
     for name, figure in figures.items():
         lines.append(f"{out_dir / name}.json (log10 WMOPS)")
         lines.append(f"{'bits':>9}" + "".join(f"{method:>10}" for method in METHODS))
-        for i, label in enumerate(figure["VQ Bitrate"]):
-            lines.append(f"{label:>9}" + "".join(f"{figure[m][i]:>10.4f}" for m in METHODS))
+        for i, rate in enumerate(figure["VQ Bitrate"]):
+            lines.append(f"{rate:>9}" + "".join(f"{figure[m][i]:>10.4f}" for m in METHODS))
     lines.append(f"plots: {out_dir / 'complexity.pdf'}, {out_dir / 'complexity.png'}")
     return "\n".join(lines)
 

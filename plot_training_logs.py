@@ -18,14 +18,11 @@ import json
 import sys
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
-import numpy as np  # noqa: E402
-from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
-
-LOG_FILE = "log.json"
+from stochastic_vq.runfiles import LOG_FILE
 
 
 class LogError(Exception):
@@ -113,16 +110,16 @@ def plot_usage(axes, usage: np.ndarray, top: float | None = None) -> list:
 def write_pdf(log: dict, path: Path) -> None:
     """The original's multi-page PDF: loss and replacements, then usage per window."""
     with PdfPages(path) as pdf:
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.27, 8))
+        fig = Figure(figsize=(8.27, 8))
+        top, bottom = fig.subplots(2, 1)
         plot_loss(top, log)
         top.set_title(log["name"])
         plot_replacements(bottom, log)
         fig.tight_layout()
         pdf.savefig(fig)
-        plt.close(fig)
         usages = log["usages"]  # (W, M, K)
-        fig, axes = plt.subplots(usages.shape[1], 1, figsize=(8.27, 1.6 + 1.4 * usages.shape[1]),
-                                 squeeze=False)
+        fig = Figure(figsize=(8.27, 1.6 + 1.4 * usages.shape[1]))
+        axes = fig.subplots(usages.shape[1], 1, squeeze=False)
         artists = plot_usage(axes[:, 0], usages[0], top=max(np.log10(usages.max() + 1), 1.0))
         title = fig.suptitle(" ")
         fig.tight_layout()
@@ -131,12 +128,11 @@ def write_pdf(log: dict, path: Path) -> None:
                 artist.set_data(np.log10(counts + 1))
             title.set_text(f"{log['name']}: log10(usage + 1) up to step {step}")
             pdf.savefig(fig)
-        plt.close(fig)
 
 
 def write_summary(log: dict, path: Path) -> None:
     """One PNG page: loss, replacements, last usage snapshot and the run's settings."""
-    fig = plt.figure(figsize=(12, 8))
+    fig = Figure(figsize=(12, 8))
     grid = fig.add_gridspec(2, 2)
     plot_loss(fig.add_subplot(grid[0, 0]), log)
     plot_replacements(fig.add_subplot(grid[0, 1]), log)
@@ -151,7 +147,6 @@ def write_summary(log: dict, path: Path) -> None:
     fig.suptitle(log["name"])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _describe(log: dict) -> str:
@@ -168,7 +163,8 @@ def _describe(log: dict) -> str:
 
 def write_comparison(logs: dict[str, dict], path: Path) -> None:
     """Loss curves of several runs in one plot; ``logs`` maps a label to a log."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
     for label, log in logs.items():
         eval_mse = log.get("eval_mse")
         suffix = f" (eval {eval_mse:.4f})" if eval_mse is not None else ""
@@ -176,7 +172,6 @@ def write_comparison(logs: dict[str, dict], path: Path) -> None:
     ax.set_title("training loss")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from nsvq import CPU, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer
+from stochastic_vq.nsvq import CPU, DEFAULT_GROUP, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer
 
 
 class PVQ(VectorQuantizer):
@@ -23,6 +23,9 @@ class PVQ(VectorQuantizer):
         device: where the codebooks live.
         check_finite: reject NaN/Inf input (one host sync per call; turn off for speed).
         replacement_noise: noise of a replaced codeword, relative to the codewords' RMS.
+        process_group: over which processes ``replace_unused_codebooks`` synchronises:
+            "default" (the default group under torch.distributed, as DDP), None (no
+            synchronisation) or a torch.distributed.ProcessGroup.
 
     The trainable parameter ``codebooks`` has shape (M, K, D/M).
     """
@@ -30,18 +33,20 @@ class PVQ(VectorQuantizer):
     def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
                  discard_threshold: float = 0.01, device=CPU, *,
                  check_finite: bool = True,
-                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE):
+                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE,
+                 process_group=DEFAULT_GROUP):
         super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold, device,
-                         check_finite=check_finite, replacement_noise=replacement_noise)
+                         check_finite=check_finite, replacement_noise=replacement_noise,
+                         process_group=process_group)
         if data_dim % num_stages:
             raise ValueError(f"data_dim ({data_dim}) must be divisible by num_stages "
                              f"({num_stages}) for product VQ")
         self.sub_dim = data_dim // num_stages
         self.codebooks = self._uniform_codebooks(
-            (num_stages, self.num_codebooks, self.sub_dim), device)
+            (num_stages, self.codebook_size, self.sub_dim), device)
 
     def _elements_per_row(self) -> int:
-        return self.num_stages * self.num_codebooks
+        return self.num_stages * self.codebook_size
 
     def _tables(self, dtype):
         codebooks = self.codebooks.detach().to(dtype)  # (M, K, d)

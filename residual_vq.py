@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from nsvq import CPU, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer
+from stochastic_vq.nsvq import CPU, DEFAULT_GROUP, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer
 
 
 class RVQ(VectorQuantizer):
@@ -24,6 +24,9 @@ class RVQ(VectorQuantizer):
         device: where the codebooks live.
         check_finite: reject NaN/Inf input (one host sync per call; turn off for speed).
         replacement_noise: noise of a replaced codeword, relative to the codewords' RMS.
+        process_group: over which processes ``replace_unused_codebooks`` synchronises:
+            "default" (the default group under torch.distributed, as DDP), None (no
+            synchronisation) or a torch.distributed.ProcessGroup.
 
     The trainable parameter ``codebooks`` has shape (M, K, D).
     """
@@ -31,14 +34,16 @@ class RVQ(VectorQuantizer):
     def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
                  discard_threshold: float = 0.01, device=CPU, *,
                  check_finite: bool = True,
-                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE):
+                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE,
+                 process_group=DEFAULT_GROUP):
         super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold, device,
-                         check_finite=check_finite, replacement_noise=replacement_noise)
+                         check_finite=check_finite, replacement_noise=replacement_noise,
+                         process_group=process_group)
         self.codebooks = self._uniform_codebooks(
-            (num_stages, self.num_codebooks, data_dim), device)
+            (num_stages, self.codebook_size, data_dim), device)
 
     def _elements_per_row(self) -> int:
-        return self.num_codebooks
+        return self.codebook_size
 
     def _tables(self, dtype):
         codebooks = self.codebooks.detach().to(dtype)  # (M, K, D)
@@ -48,7 +53,7 @@ class RVQ(VectorQuantizer):
         codebooks, norms = tables
         residual = x.clone()  # (N, D)
         # one buffer each for the distances and the chosen codewords, reused by every stage
-        distances = x.new_empty(len(x), self.num_codebooks)  # (N, K)
+        distances = x.new_empty(len(x), self.codebook_size)  # (N, K)
         chosen = torch.empty_like(residual)  # (N, D)
         codes = []
         for stage in range(self.num_stages):

@@ -27,19 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from additive_vq import AVQ  # noqa: E402
-from product_vq import PVQ  # noqa: E402
-from residual_vq import RVQ  # noqa: E402
+from stochastic_vq.methods import build_quantizer, label  # noqa: E402
 
 
 def build(method: str, stages: int, bits: int, dim: int, beam: int, device: str,
           compile_mode: str | None = None):
     """A quantizer with N(0,1)-initialised codebooks (input checks off, as in a tuned loop)."""
-    if method == "AVQ":
-        module = AVQ(stages, bits, dim, beam, device=device, check_finite=False)
-    else:
-        module = {"RVQ": RVQ, "PVQ": PVQ}[method](stages, bits, dim, device=device,
-                                                  check_finite=False)
+    module = build_quantizer(method, stages, bits, dim, beam, device=device, check_finite=False)
     with torch.no_grad():
         module.codebooks.normal_(0, 0.3 / stages**0.5)
     return torch.compile(module, mode=compile_mode) if compile_mode else module
@@ -77,10 +71,10 @@ def timed_in_turns(functions, repeats: int, device: str = "cpu") -> list[float]:
 
 def train_steps(method, stages, bits, beam, device, steps, compile_mode=None):
     """A function that runs ``steps`` training steps (forward, loss, backward, fused Adam,
-    as training.py does) at batch 64, D = 128."""
+    as the training loop does) at batch 64, D = 128."""
     module = build(method, stages, bits, 128, beam, device, compile_mode)
     module.train()
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, fused=True)  # as training.py
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, fused=True)  # as the loop
     data = torch.randn(steps, 64, 128, device=device)
 
     def run():
@@ -102,8 +96,8 @@ def encode_rate(module, x: torch.Tensor, repeats: int, device: str) -> float:
 
 
 def section_train(args):
-    configs = [("AVQ", 3, 5, 8), ("RVQ", 4, 5, 1), ("PVQ", 4, 5, 1), ("AVQ", 4, 5, 16),
-               ("RVQ", 4, 7, 1), ("PVQ", 4, 7, 1)]
+    configs = [("avq", 3, 5, 8), ("rvq", 4, 5, 1), ("pvq", 4, 5, 1), ("avq", 4, 5, 16),
+               ("rvq", 4, 7, 1), ("pvq", 4, 7, 1)]
     runs = [train_steps(method, stages, bits, beam, args.device, args.steps, args.compile)
             for method, stages, bits, beam in configs]
     for (method, stages, bits, beam), seconds in zip(
@@ -115,9 +109,9 @@ def section_train(args):
 def section_encode(args):
     batch = 8192 if args.quick else 65536
     x = torch.randn(batch, 128, device=args.device)
-    configs = [("AVQ", 3, 5, 8), ("AVQ", 4, 8, 16), ("RVQ", 4, 8, 1), ("PVQ", 4, 8, 1)]
+    configs = [("avq", 3, 5, 8), ("avq", 4, 8, 16), ("rvq", 4, 8, 1), ("pvq", 4, 8, 1)]
     if args.device == "cuda":
-        configs += [("RVQ", 4, 10, 1), ("PVQ", 4, 10, 1)]
+        configs += [("rvq", 4, 10, 1), ("pvq", 4, 10, 1)]
     for method, stages, bits, beam in configs:
         module = build(method, stages, bits, 128, beam, args.device)
         rate = encode_rate(module, x, args.repeats, args.device)
@@ -137,10 +131,10 @@ def section_faiss(args):
     train = torch.randn(16384, dim, generator=generator)
     x = torch.randn(batch, dim, generator=generator)
     x_np = x.numpy()
-    for method in ("RVQ", "PVQ"):
+    for method in ("rvq", "pvq"):
         module = build(method, stages, bits, dim, 1, "cpu").eval()
         module.initialize_from_data(train, kmeans_iterations=0)
-        if method == "RVQ":
+        if method == "rvq":
             reference = faiss.ResidualQuantizer(dim, stages, bits)
             reference.max_beam_size = 1
             name = "faiss ResidualQuantizer, beam 1"
@@ -168,14 +162,14 @@ def section_cuda(args):
                              .argmin(dim=1), args.repeats, "cuda")
         report(f"limit, batch {batch}, D=128", f"distance + argmin, {codewords} codewords",
                f"{rate / 1e6:.3f} M vectors/s")
-    module = build("AVQ", 4, 8, 128, 16, "cuda")
+    module = build("avq", 4, 8, 128, 16, "cuda")
     module.eval()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     with torch.no_grad():
         module.encode(x)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**30
-    report(f"peak memory, batch {batch}", describe("AVQ", 4, 8, 16), f"{peak:.2f} GiB")
+    report(f"peak memory, batch {batch}", describe("avq", 4, 8, 16), f"{peak:.2f} GiB")
 
 
 def report(what: str, configuration: str, result: str) -> None:
@@ -185,8 +179,8 @@ def report(what: str, configuration: str, result: str) -> None:
 
 
 def describe(method: str, stages: int, bits: int, beam: int) -> str:
-    text = f"{method} {stages}x{bits}b"
-    return f"{text}, beam {beam}" if method == "AVQ" else text
+    text = f"{label(method)} {stages}x{bits}b"
+    return f"{text}, beam {beam}" if method == "avq" else text
 
 
 def main(argv=None) -> None:

@@ -5,8 +5,10 @@
     python benchmarks/compare_classical.py --data vectors.npy
 
 The library's quantizers are trained with the loop of the training scripts
-(``training.train``), k-means initialised (``init="data"``) with the learning rate
-relative to the data's scale (``lr_scale="data"``); faiss (optional, faiss-cpu) trains
+(``stochastic_vq.loop.train``) at the scripts' defaults: 20000 steps of 64 vectors, Adam
+1e-3, replacement every 1000 steps, AVQ beam 8, and on data the data-dependent
+initialisation and learning-rate scale that ``init`` and ``lr_scale`` resolve to when left
+unset (``--init``/``--lr-scale`` set them). faiss (optional, faiss-cpu) trains
 ProductQuantizer, ResidualQuantizer with beam 1 and 8, and LocalSearchQuantizer with the
 same number of codebooks and bits. One table: test MSE (summed over dimensions and per
 dimension), training time, encoding throughput, and the ratio to the best faiss result.
@@ -25,10 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import datasets  # noqa: E402
-from training import TrainConfig, train  # noqa: E402
+from stochastic_vq import data  # noqa: E402
+from stochastic_vq.config import INITS, LR_SCALES, TrainConfig  # noqa: E402
+from stochastic_vq.loop import train  # noqa: E402
+from stochastic_vq.methods import METHODS, label  # noqa: E402
 
-LIBRARY = ("AVQ", "RVQ", "PVQ")
+SCRIPTS = TrainConfig(device="cpu")  # the training scripts' defaults
 
 
 def load_data(name: str, train_size: int, test_size: int,
@@ -36,11 +40,11 @@ def load_data(name: str, train_size: int, test_size: int,
     """(train, test) float32 tensors for a generator name or an (N, D) .npy file."""
     generator = torch.Generator().manual_seed(seed)
     if name == "patches":
-        train_set, test_set = datasets.image_patches()  # split by image region
+        train_set, test_set = data.image_patches()  # split by image region
         pick = lambda x, n: x[torch.randperm(len(x), generator=generator)[:n]]
         return pick(train_set, train_size), pick(test_set, test_size)
-    if name in datasets.GENERATORS:
-        make = datasets.GENERATORS[name]
+    if name in data.GENERATORS:
+        make = data.GENERATORS[name]
         return (make(train_size, 64, generator=generator),
                 make(test_size, 64, generator=generator))
     array = torch.from_numpy(np.load(name).astype(np.float32))
@@ -58,13 +62,14 @@ def squared_error(decoded: np.ndarray | torch.Tensor, test: torch.Tensor) -> flo
 
 def run_library(method: str, stages: int, bits: int, train_set: torch.Tensor,
                 test_set: torch.Tensor, args: argparse.Namespace) -> dict:
-    """Train one of the library's quantizers with training.train; time it; test it."""
-    config = TrainConfig(method=method.lower(), stages=stages, bits=bits,
-                         beam_width=min(args.beam_width, 2**bits), dim=train_set.shape[1],
+    """Train one of the library's quantizers with the training loop; time it; test it."""
+    config = TrainConfig(method=method, stages=stages, bits=bits,
+                         beam_width=min(args.beam_width, 2**bits), data_dim=train_set.shape[1],
                          steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         lr_scale="data", init="data", replace_every=args.replace_every,
-                         log_every=args.steps, save_every=args.steps, eval_samples=1,
-                         seed=args.seed, device="cpu", threads=0)
+                         lr_scale=args.lr_scale, init=args.init,
+                         replace_every=args.replace_every, log_every=args.steps,
+                         save_every=args.steps, eval_samples=1, seed=args.seed, device="cpu",
+                         threads=0)
     start = time.perf_counter()
     result = train(config, train_set, test_set[:1], progress=False)
     train_time = time.perf_counter() - start - result["eval_time"]
@@ -72,8 +77,9 @@ def run_library(method: str, stages: int, bits: int, train_set: torch.Tensor,
     start = time.perf_counter()
     codes = quantizer.encode(test_set)
     encode_time = time.perf_counter() - start
-    return {"method": method, "mse": squared_error(quantizer.decode(codes), test_set),
-            "train_s": train_time, "encode_per_s": len(test_set) / encode_time}
+    return {"method": label(method), "mse": squared_error(quantizer.decode(codes), test_set),
+            "train_s": train_time, "encode_per_s": len(test_set) / encode_time,
+            "resolved_defaults": result["resolved_defaults"]}
 
 
 def faiss_quantizers(dim: int, stages: int, bits: int) -> dict:
@@ -107,15 +113,15 @@ def compare(args: argparse.Namespace) -> list[dict]:
     train_set, test_set = load_data(args.data, args.train_size, args.test_size, args.seed)
     dim = train_set.shape[1]
     print(f"data {args.data}: train {tuple(train_set.shape)}, test {tuple(test_set.shape)}; "
-          f"library: {args.steps} steps of {args.batch_size}, AVQ beam {args.beam_width}",
-          flush=True)
+          f"library: {args.steps} steps of {args.batch_size}, AVQ beam {args.beam_width}, "
+          f"init {args.init or 'default'}, lr-scale {args.lr_scale or 'default'}", flush=True)
     print(HEADER)
     rows = []
     for total_bits in args.bits:
         if total_bits % args.stages:
             raise ValueError(f"--bits {total_bits} is not a multiple of --stages {args.stages}")
         bits = total_bits // args.stages
-        group = [run_library(m, args.stages, bits, train_set, test_set, args) for m in LIBRARY]
+        group = [run_library(m, args.stages, bits, train_set, test_set, args) for m in METHODS]
         if not args.no_faiss:
             try:
                 classical = faiss_quantizers(dim, args.stages, bits)
@@ -155,17 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training vectors (default: 50000)")
     parser.add_argument("--test-size", type=int, default=10_000,
                         help="test vectors (default: 10000)")
-    parser.add_argument("--steps", type=int, default=1000,
-                        help="library training steps (default: 1000)")
-    parser.add_argument("--batch-size", type=int, default=256,
-                        help="library batch size (default: 256)")
-    parser.add_argument("--lr", type=float, default=1e-3,
-                        help="Adam learning rate relative to the data's standard deviation "
-                             "(default: 1e-3)")
-    parser.add_argument("--beam-width", type=int, default=16,
-                        help="AVQ beam width, at most K (default: 16)")
-    parser.add_argument("--replace-every", type=int, default=250,
-                        help="codeword replacement period in steps (default: 250)")
+    parser.add_argument("--steps", type=int, default=SCRIPTS.steps,
+                        help=f"library training steps (default: {SCRIPTS.steps})")
+    parser.add_argument("--batch-size", type=int, default=SCRIPTS.batch_size,
+                        help=f"library batch size (default: {SCRIPTS.batch_size})")
+    parser.add_argument("--lr", type=float, default=SCRIPTS.lr,
+                        help=f"Adam learning rate (default: {SCRIPTS.lr}; relative to the "
+                             "data's standard deviation with the data-dependent lr-scale)")
+    parser.add_argument("--beam-width", type=int, default=SCRIPTS.beam_width,
+                        help=f"AVQ beam width, at most K (default: {SCRIPTS.beam_width})")
+    parser.add_argument("--replace-every", type=int, default=SCRIPTS.replace_every,
+                        help="codeword replacement period in steps "
+                             f"(default: {SCRIPTS.replace_every})")
+    parser.add_argument("--init", choices=INITS, default=None,
+                        help="codebook initialisation (default: as the training loop "
+                             "resolves it on data: data)")
+    parser.add_argument("--lr-scale", choices=LR_SCALES, default=None,
+                        help="learning-rate scale (default: as the training loop resolves "
+                             "it on data: data)")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed")
     parser.add_argument("--no-faiss", action="store_true", help="library quantizers only")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import additive_vq
-from additive_vq import AVQ, _drop_repeated_sets, smallest
+from additive_vq import AVQ, _drop_repeated_sets, k_smallest
 from original_reference import (
     as_numpy,
     avq_beam_search,
@@ -190,7 +190,7 @@ def test_smallest_equals_topk(rows, columns, k):
     values = torch.randn(rows, columns)
     values[:, ::3] = float("inf")  # the +inf of used codebooks
     values[0, 5:9] = -1.0  # ties
-    top, index = smallest(values, k)
+    top, index = k_smallest(values, k)
     assert torch.equal(top, values.topk(k, dim=1, largest=False).values)
     assert torch.equal(values.gather(1, index), top)
     assert all(len(set(row)) == k for row in index.tolist())

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from additive_vq import AVQ
-from ann import (
+from product_vq import PVQ
+from residual_vq import RVQ
+from stochastic_vq.ann import (
     adc_search,
     encode_database,
     exact_search,
@@ -11,8 +13,6 @@ from ann import (
     recall_at,
     write_vecs,
 )
-from product_vq import PVQ
-from residual_vq import RVQ
 
 
 @pytest.mark.parametrize("suffix, dtype", [(".fvecs", torch.float32), (".ivecs", torch.int32),

@@ -15,13 +15,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from training import METHODS, TrainConfig, train
+from stochastic_vq.loop import TrainConfig, train
+from stochastic_vq.methods import METHODS
 
 WORLD = 2
 
 
 def _config(method: str) -> TrainConfig:
-    return TrainConfig(method=method, stages=2, bits=4, dim=8, beam_width=2, batch_size=8,
+    return TrainConfig(method=method, stages=2, bits=4, data_dim=8, beam_width=2, batch_size=8,
                        steps=300, replace_every=100, discard_threshold=0.3, log_every=100,
                        save_every=100, eval_samples=1024, device="cpu")
 

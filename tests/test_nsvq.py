@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import nsvq
 from additive_vq import AVQ
-from nsvq import noise_substitution
 from product_vq import PVQ
 from residual_vq import RVQ
+from stochastic_vq import nsvq
+from stochastic_vq.nsvq import noise_substitution
 
 M, BITS, D = 3, 3, 12
 K = 2**BITS

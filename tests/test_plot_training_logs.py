@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 import plot_training_logs
-from training import TrainConfig, train
+from stochastic_vq.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(folder: Path, method: str) -> Path:
     out = folder / method
-    config = TrainConfig(method=method, stages=2, bits=3, dim=8, beam_width=2, batch_size=16,
+    config = TrainConfig(method=method, stages=2, bits=3, data_dim=8, beam_width=2, batch_size=16,
                          steps=60, replace_every=10, log_every=20, eval_samples=256,
                          device="cpu", out=str(out))
     train(config, progress=False)
@@ -49,7 +49,7 @@ def test_several_runs_give_a_comparison_plot(runs, tmp_path):
 
 def test_plots_a_run_that_is_still_training(tmp_path):
     run = tmp_path / "cut"
-    config = TrainConfig(method="pvq", stages=2, bits=3, dim=8, batch_size=16, steps=60,
+    config = TrainConfig(method="pvq", stages=2, bits=3, data_dim=8, batch_size=16, steps=60,
                          replace_every=10, log_every=20, device="cpu", out=str(run))
     train(config, progress=False, stop_after=40)
     assert json.loads((run / "log.json").read_text())["eval_mse"] is None

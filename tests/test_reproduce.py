@@ -1,54 +1,38 @@
+"""reproduce.py: every figure's experiment end to end at tiny sizes, and its command line."""
+
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-import datasets
-import reproduce
-from ann import exact_search, write_vecs
+from stochastic_vq import __version__, ann_experiment, data, mse_experiment, reproduce
+from stochastic_vq.ann import exact_search, write_vecs
+from stochastic_vq.figures import SETTINGS_KEY
 
 
-def test_ar1_has_unit_variance_and_correlation_0_9():
-    x = datasets.ar1(20000, 32, generator=torch.Generator().manual_seed(0))
-    assert x.dtype == torch.float32 and x.shape == (20000, 32)
-    x = x.double()
-    assert x.var(0).mean().item() == pytest.approx(1.0, abs=0.03)
-    corr = torch.corrcoef(x.t())  # (32, 32)
-    for lag in (1, 2, 5):
-        observed = corr.diagonal(lag).mean().item()
-        assert observed == pytest.approx(0.9**lag, abs=0.01)
+def _check_settings(panel: dict, mode: str, steps: int, seeds: int) -> None:
+    settings = panel[SETTINGS_KEY]
+    assert (settings["mode"], settings["steps"], settings["seeds"]) == (mode, steps, seeds)
+    assert settings["library_version"] == __version__
+    assert settings["torch_version"] == torch.__version__
 
 
-def test_gaussian_is_uncorrelated_standard_normal():
-    x = datasets.gaussian(20000, 16, generator=torch.Generator().manual_seed(0)).double()
-    assert x.mean().item() == pytest.approx(0.0, abs=0.01)
-    assert x.var(0).mean().item() == pytest.approx(1.0, abs=0.02)
-    assert torch.corrcoef(x.t()).diagonal(1).abs().max().item() < 0.05
-
-
-def test_ar1_rejects_unstable_correlation():
-    with pytest.raises(ValueError, match="rho"):
-        datasets.ar1(3, 4, rho=1.0)
-
-
-def test_patches_are_the_windows_of_the_image():
-    image = torch.arange(6 * 7, dtype=torch.float64).reshape(6, 7)
-    patches = datasets._patches(image, size=3, stride=2)  # rows 0, 2 x columns 0, 2, 4
-    assert patches.shape == (6, 9)
-    assert torch.equal(patches[0], image[:3, :3].flatten())
-    assert torch.equal(patches[4], image[2:5, 2:5].flatten())
+def _check_curves(panel: dict, points: int, methods: list[str]) -> None:
+    for method in methods:
+        mean = panel[f"Mean ({method})"]
+        low, high = panel[f"Quantile Low ({method})"], panel[f"Quantile High ({method})"]
+        assert len(mean) == len(low) == len(high) == points
+        assert all(np.isfinite(mean))
+        assert all(lo <= m + 1e-9 and m <= hi + 1e-9 for lo, m, hi in zip(low, mean, high))
 
 
 def _check_mse_schema(panel: dict, bitrates: list[int]) -> None:
     assert panel["Metric"] == "MSE"
     assert panel["VQ Bitrate"] == [f"{b} bits" for b in bitrates]
-    for method in ("AVQ", "RVQ", "PVQ"):
-        mean = panel[f"Mean ({method})"]
-        low, high = panel[f"Quantile Low ({method})"], panel[f"Quantile High ({method})"]
-        assert len(mean) == len(low) == len(high) == len(bitrates)
-        assert all(np.isfinite(mean)) and all(m > 0 for m in mean)
-        assert all(lo <= m + 1e-9 and m <= hi + 1e-9 for lo, m, hi in zip(low, mean, high))
+    _check_curves(panel, len(bitrates), ["AVQ", "RVQ", "PVQ"])
+    assert all(m > 0 for m in panel["Mean (AVQ)"])
 
 
 def test_fig2_tiny_writes_the_published_schema(tmp_path):
@@ -59,69 +43,84 @@ def test_fig2_tiny_writes_the_published_schema(tmp_path):
     correlated = json.loads((tmp_path / "correlated_dataset_Fig2-a.json").read_text())
     assert list(correlated)[:3] == ["Data", "Metric", "VQ Bitrate"]
     assert correlated["Data"] == "Correlated"
-    _check_mse_schema(correlated, list(reproduce.PRESETS["tiny"].bits))
+    tiny = mse_experiment.PRESETS["tiny"]
+    _check_mse_schema(correlated, list(tiny.bits))
+    _check_settings(correlated, "tiny", tiny.steps, tiny.seeds)
     uncorrelated = json.loads((tmp_path / "uncorrelated_dataset_Fig2-b.json").read_text())
     assert uncorrelated["Data"] == "Uncorrelated"
-    _check_mse_schema(uncorrelated, list(reproduce.PRESETS["tiny"].bits))
+    _check_mse_schema(uncorrelated, list(tiny.bits))
 
 
 def test_fig3_tiny_writes_one_file_per_dimension(tmp_path):
-    preset = reproduce.replace(reproduce.PRESETS["tiny"], seeds=1, bits=(8,))
-    reproduce.run_fig3(preset, tmp_path)
+    reproduce.main(["fig3", "--tiny", "--seeds", "1", "--bits", "8", "--steps", "3",
+                    "--out", str(tmp_path)])
     for dim in (64, 128, 256):
         panel = json.loads((tmp_path / f"Data_Dimension_{dim}.json").read_text())
         assert panel["Data Dimension"] == str(dim)
         _check_mse_schema(panel, [8])
+        _check_settings(panel, "tiny", 3, 1)
     assert (tmp_path / "Fig3.png").stat().st_size > 0
 
 
 def _check_recall_schema(panel: dict, ranks: list[int], methods: list[str]) -> None:
     assert panel["Metric"] == "Recall @ T" and panel["T"] == [str(t) for t in ranks]
+    _check_curves(panel, len(ranks), [f"{method} proposed" for method in methods])
     for method in methods:
         mean = panel[f"Mean ({method} proposed)"]
-        assert len(mean) == len(ranks) and all(0.0 <= m <= 1.0 for m in mean)
+        assert all(0.0 <= m <= 1.0 for m in mean)
         assert all(a <= b + 1e-12 for a, b in zip(mean, mean[1:]))  # recall grows with T
-        assert len(panel[f"Quantile Low ({method} proposed)"]) == len(ranks)
-        assert len(panel[f"Quantile High ({method} proposed)"]) == len(ranks)
 
 
 def test_fig5_and_fig6a_tiny_on_the_synthetic_corpus(tmp_path):
     reproduce.main(["fig5", "--tiny", "--out", str(tmp_path)])
-    _check_recall_schema(json.loads((tmp_path / "Recall.json").read_text()),
-                         list(reproduce.FIG5_T), ["AVQ", "RVQ", "PVQ"])
+    recall = json.loads((tmp_path / "Recall.json").read_text())
+    _check_recall_schema(recall, list(ann_experiment.FIG5_T), ["AVQ", "RVQ", "PVQ"])
+    assert recall[SETTINGS_KEY]["corpus"] == "synthetic AR(1)"
     reproduce.main(["fig6a", "--tiny", "--seeds", "1", "--out", str(tmp_path)])
     panel = json.loads((tmp_path / "Recall_RVQ_Fig6-a.json").read_text())
-    _check_recall_schema(panel, list(reproduce.FIG6A_T), ["RVQ"])
+    _check_recall_schema(panel, list(ann_experiment.FIG6A_T), ["RVQ"])
     assert panel["Mean (RVQ proposed)"][-1] == 1.0  # T beyond the database size
 
 
 def test_fig5_reads_a_sift_style_directory(tmp_path):
     generator = torch.Generator().manual_seed(3)
-    learn, base, queries = (datasets.ar1(n, 16, generator=generator) for n in (400, 300, 8))
+    learn, base, queries = (data.ar1(n, 16, generator=generator) for n in (400, 300, 8))
     _, nearest = exact_search(base, queries, k=5)
     for name, array in [("sift_learn.fvecs", learn), ("sift_base.fvecs", base),
                         ("sift_query.fvecs", queries),
                         ("sift_groundtruth.ivecs", nearest.int())]:
         write_vecs(tmp_path / name, array)
-    corpus = reproduce.load_sift(tmp_path)
+    corpus = ann_experiment.load_sift(tmp_path)
     assert corpus.base.shape == (300, 16) and torch.equal(corpus.nearest, nearest[:, 0])
-    preset = reproduce.replace(reproduce.PRESETS["tiny"], seeds=1)
-    result = reproduce.recall_curves(preset, corpus, ("PVQ",), (1, 4, 512))
+    preset = replace(ann_experiment.PRESETS["tiny"], seeds=1)
+    result = ann_experiment.recall_curves(preset, corpus, ("pvq",), (1, 4, 512))
     assert result["T"] == ["1", "4", "512"] and result["Mean (PVQ proposed)"][-1] == 1.0
 
 
 def test_load_sift_names_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="sift_base.fvecs"):
-        reproduce.load_sift(tmp_path)
+        ann_experiment.load_sift(tmp_path)
 
 
 def test_parallel_points_equal_sequential_ones():
-    preset = reproduce.replace(reproduce.PRESETS["tiny"], bits=(8,))
-    points = [("correlated", "AVQ", 8, 16, 0), ("uncorrelated", "PVQ", 8, 16, 1),
-              ("uncorrelated", "RVQ", 8, 16, 0)]
-    sequential = reproduce.mse_points(preset, points, jobs=1)
-    assert reproduce.mse_points(preset, points, jobs=2) == sequential
+    preset = replace(mse_experiment.PRESETS["tiny"], bits=(8,))
+    points = [("correlated", "avq", 8, 16, 0), ("uncorrelated", "pvq", 8, 16, 1),
+              ("uncorrelated", "rvq", 8, 16, 0)]
+    sequential = mse_experiment.mse_points(preset, points, jobs=1)
+    assert mse_experiment.mse_points(preset, points, jobs=2) == sequential
     assert sequential[0] != sequential[2]  # the points are really different runs
+
+
+def test_published_curves_are_drawn_beside_ours(tmp_path):
+    """--published DIR: a file of the same name is read and drawn (the plot still works)."""
+    published = tmp_path / "published"
+    published.mkdir()
+    panel = {"Metric": "MSE", "VQ Bitrate": ["8 bits"], "Mean (AVQ)": [1.0],
+             "Quantile Low (AVQ)": [1.0], "Quantile High (AVQ)": [1.0]}
+    (published / "Data_Dimension_64.json").write_text(json.dumps(panel))
+    written = reproduce.main(["fig3", "--tiny", "--seeds", "1", "--bits", "8", "--steps", "2",
+                              "--out", str(tmp_path / "out"), "--published", str(published)])
+    assert (tmp_path / "out" / "Fig3.pdf") in written
 
 
 def test_point_command_prints_one_value(capsys):
@@ -133,8 +132,11 @@ def test_point_command_prints_one_value(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["fig2", "--jobs", "0"], "--jobs"),
+    (["fig2", "--seeds", "0"], "--seeds"),
+    (["fig4", "--bits", "12", "14"], "--bits must be positive multiples of 4, got [14]"),
     (["point", "--bits", "8"], "--method"),
-    (["point", "--method", "AVQ", "--bits", "10"], "--bits"),
+    (["point", "--method", "avq", "--bits", "10"], "--bits"),
+    (["point", "--method", "avq", "--bits", "8", "12"], "one --bits value"),
     (["point", "--method", "PVQ", "--bits", "8", "--dim", "30"], "--dim"),
 ])
 def test_bad_command_line_is_rejected_early(argv, message, capsys):

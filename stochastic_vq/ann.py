@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nsvq import VectorQuantizer
 from product_vq import PVQ
+from stochastic_vq.nsvq import VectorQuantizer
 
 SEARCH_ELEMENTS = 2**24  # bound on the (queries x database) block scored at once
 

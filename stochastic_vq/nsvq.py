@@ -3,8 +3,8 @@
 The one home of the logic that AVQ, PVQ and RVQ share. ``VectorQuantizer`` is the
 base class: a subclass only says how a batch of vectors is encoded into codeword
 indices and decoded back; training-mode noise substitution, usage counting, input
-checks, replacement of unused codewords (synchronised over ``torch.distributed``
-ranks when a process group is initialised) and loading of the original
+checks, replacement of unused codewords (synchronised over the ranks of a process
+group, see ``stochastic_vq.distributed``) and loading of the original
 implementation's checkpoints live here.
 
 Notation: ``M`` codebooks (stages), ``K = 2**b`` entries each, ``D`` data dimension.
@@ -12,16 +12,24 @@ Notation: ``M`` codebooks (stages), ``K = 2**b`` entries each, ``D`` data dimens
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from stochastic_vq.distributed import DEFAULT_GROUP, Sync, check_process_group
+from stochastic_vq.kmeans import CHUNK_ELEMENTS, kmeans, nearest_rows
+from stochastic_vq.usage import (
+    DEFAULT_REPLACEMENT_NOISE,
+    count_usage,
+    replace_rows,
+    usage_limit,
+)
+
 CPU = torch.device("cpu")
 NSVQ_EPS = 1e-12
-DEFAULT_REPLACEMENT_NOISE = 1e-2
-CHUNK_ELEMENTS = 2**20  # largest per-chunk temporary of an encode on CPU (cache-sized)
-ACCELERATOR_CHUNK_SCALE = 32  # on GPUs chunks are this much larger (2**25 entries)
+ACCELERATOR_CHUNK_SCALE = 32  # on GPUs encode chunks are this much larger (2**25 entries)
 
 
 def noise_substitution(x: torch.Tensor, q: torch.Tensor, eps: float = NSVQ_EPS) -> torch.Tensor:
@@ -36,75 +44,6 @@ def noise_substitution(x: torch.Tensor, q: torch.Tensor, eps: float = NSVQ_EPS) 
     return torch.addcmul(x, scale, noise)
 
 
-def count_usage(usage: torch.Tensor, codes: torch.Tensor) -> None:
-    """Add 1 to ``usage[m, k]`` for every codeword ``k`` of codebook ``m`` used in the batch.
-
-    usage: (M, K) integer counter, updated in place. codes: (N, M) indices.
-    """
-    used = torch.zeros(usage.shape, dtype=torch.bool, device=usage.device)
-    used.scatter_(1, codes.t(), True)
-    usage.add_(used)
-
-
-def replace_rows(table: torch.Tensor, unused: torch.Tensor, noise_scale: float,
-                 generator: torch.Generator | None = None) -> None:
-    """Overwrite the ``unused`` rows of ``table`` (R, d) by random used rows plus noise, in place.
-
-    unused: (R,) bool. When no row is used the whole table is perturbed. The noise has
-    standard deviation ``noise_scale`` times the RMS value of the used rows, so a copy is
-    always separated from its source in float32.
-    """
-    used_idx = torch.nonzero(~unused).flatten()
-    unused_idx = torch.nonzero(unused).flatten()
-    if len(unused_idx) == 0:
-        return
-    if len(used_idx) == 0:
-        table.add_(_noise_like(table, table, noise_scale, generator))
-        return
-    repeats = -(-len(unused_idx) // len(used_idx))  # ceil
-    pool = used_idx.repeat(repeats)
-    order = torch.randperm(len(pool), generator=generator, device="cpu").to(pool.device)
-    sources = table[pool[order[: len(unused_idx)]]]  # (U, d)
-    table[unused_idx] = sources + _noise_like(sources, table[used_idx], noise_scale, generator)
-
-
-def _noise_like(target: torch.Tensor, reference: torch.Tensor, scale: float,
-                generator: torch.Generator | None) -> torch.Tensor:
-    rms = reference.float().pow(2).mean().sqrt().clamp_min(torch.finfo(torch.float32).tiny)
-    noise = torch.randn(target.shape, generator=generator, device="cpu").to(target.device)
-    return (scale * rms * noise).to(target.dtype)
-
-
-def kmeans(points: torch.Tensor, k: int, iterations: int,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """k centroids (k, d) of points (N, d): k random points refined by Lloyd iterations.
-
-    With fewer than k points, points are drawn with replacement. An empty cluster keeps
-    its previous centroid.
-    """
-    n = len(points)
-    if n >= k:
-        pick = torch.randperm(n, generator=generator)[:k]
-    else:
-        pick = torch.randint(n, (k,), generator=generator)
-    centroids = points[pick.to(points.device)].clone()
-    for _ in range(iterations):
-        nearest = nearest_rows(points, centroids)  # (N,)
-        sums = torch.zeros_like(centroids).index_add_(0, nearest, points)
-        counts = torch.bincount(nearest, minlength=k).unsqueeze(1)  # (k, 1)
-        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
-    return centroids
-
-
-def nearest_rows(points: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest row of table (K, d) for each point (N, d), computed in chunks."""
-    norms = table.pow(2).sum(1)  # (K,)
-    rows = max(1, CHUNK_ELEMENTS // len(table))
-    nearest = [torch.addmm(norms, chunk, table.t(), alpha=-2.0).argmin(dim=1)
-               for chunk in points.split(rows)]
-    return torch.cat(nearest) if nearest else points.new_zeros(0, dtype=torch.long)
-
-
 def _all_finite(x: torch.Tensor) -> bool:
     """Whether non-empty x holds no NaN or Inf: its extremes are finite (NaN propagates).
 
@@ -114,8 +53,11 @@ def _all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+def full_precision(device: torch.device):
+    """A context in which autocast is off on ``device``, so products keep their dtype."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def check_int(name: str, value, minimum: int = 1) -> int:
@@ -135,16 +77,20 @@ class VectorQuantizer(nn.Module):
 
     Attributes:
         num_stages: M, the number of codebooks.
-        num_codebooks: K = 2**vq_bitrate_per_stage, entries per codebook (the original's name).
+        codebook_size: K = 2**vq_bitrate_per_stage, entries per codebook
+            (``num_codebooks`` is the original's name for it).
         data_dim: D.
         bits_per_vector: M * vq_bitrate_per_stage.
         codebook_usage: (M, K) int64 buffer, batches in which each codeword was used
             since the last replacement (training mode only).
+        process_group: over which processes ``replace_unused_codebooks`` synchronises:
+            ``"default"``, ``None`` or a ProcessGroup (see ``stochastic_vq.distributed``).
     """
 
     def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
                  discard_threshold: float = 0.01, device=CPU, *, check_finite: bool = True,
-                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE):
+                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE,
+                 process_group=DEFAULT_GROUP):
         super().__init__()
         self.num_stages = check_int("num_stages", num_stages)
         self.vq_bitrate_per_stage = check_int("vq_bitrate_per_stage", vq_bitrate_per_stage)
@@ -161,15 +107,21 @@ class VectorQuantizer(nn.Module):
         self.discard_threshold = float(discard_threshold)
         self.check_finite = bool(check_finite)
         self.replacement_noise = float(replacement_noise)
-        self.num_codebooks = 2 ** vq_bitrate_per_stage
+        self.process_group = check_process_group(process_group)
+        self.codebook_size = 2 ** vq_bitrate_per_stage
         self.bits_per_vector = num_stages * vq_bitrate_per_stage
         self.register_buffer(
             "codebook_usage",
-            torch.zeros(num_stages, self.num_codebooks, dtype=torch.long, device=device))
+            torch.zeros(num_stages, self.codebook_size, dtype=torch.long, device=device))
+
+    @property
+    def num_codebooks(self) -> int:
+        """K, entries per codebook: the original's name for ``codebook_size``."""
+        return self.codebook_size
 
     def _uniform_codebooks(self, shape: tuple[int, ...], device) -> nn.Parameter:
         """Codebooks drawn from Uniform(-1/K, 1/K), the paper's initialisation."""
-        bound = 1.0 / self.num_codebooks
+        bound = 1.0 / self.codebook_size
         table = torch.empty(shape, device=device).uniform_(-bound, bound)
         return nn.Parameter(table)
 
@@ -184,7 +136,8 @@ class VectorQuantizer(nn.Module):
                 False for the hard-quantized vectors (detached). None follows
                 ``self.training``.
 
-        Distances are computed in float32 (float64 for float64 input).
+        Everything is computed in float32 (float64 for float64 input), also under
+        ``torch.autocast``.
 
         Returns:
             (quantized, codebook_usage): quantized has the input's shape and dtype;
@@ -193,13 +146,14 @@ class VectorQuantizer(nn.Module):
         x, shape = self._flatten(input_data, "input_data")  # (N, D) float32 or float64
         if train_mode is None:
             train_mode = self.training
-        codes = self._search(x)  # (N, M)
-        if train_mode:
-            count_usage(self.codebook_usage, codes)
-            out = noise_substitution(x, self._decode(codes).to(x.dtype))
-        else:
-            with torch.no_grad():
-                out = self._decode(codes)
+        with full_precision(x.device):
+            codes = self._search(x)  # (N, M)
+            if train_mode:
+                count_usage(self.codebook_usage, codes)
+                out = noise_substitution(x, self._decode(codes).to(x.dtype))
+            else:
+                with torch.no_grad():
+                    out = self._decode(codes)
         out = out.to(input_data.dtype)
         if out.shape != shape:
             out = out.reshape(shape)
@@ -208,17 +162,24 @@ class VectorQuantizer(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Indices of the chosen codewords: (..., D) float -> (..., M) int64."""
         flat, shape = self._flatten(x, "x")
-        return self._search(flat).reshape(*shape[:-1], self.num_stages)
+        with full_precision(flat.device):
+            codes = self._search(flat)
+        return codes.reshape(*shape[:-1], self.num_stages)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """Reconstruct vectors from codeword indices: (..., M) int -> (..., D) float32."""
+        """Reconstruct vectors from codeword indices: (..., M) int -> (..., D).
+
+        The result has the codebooks' dtype (float32 unless the module was converted).
+        """
         self._check_indices(indices)
         flat = indices.reshape(-1, self.num_stages).to(self.codebooks.device, torch.long)
         return self._decode(flat).reshape(*indices.shape[:-1], self.data_dim)
 
     @torch.no_grad()
     def replace_unused_codebooks(self, num_batches: int, *, verbose: bool = True,
-                                 generator: torch.Generator | None = None) -> torch.Tensor:
+                                 generator: torch.Generator | None = None,
+                                 optimizer: torch.optim.Optimizer | None = None
+                                 ) -> torch.Tensor:
         """Replace codewords used in fewer than ``discard_threshold`` of the last batches.
 
         Call it every ``num_batches`` training batches. A codeword whose usage count
@@ -231,32 +192,35 @@ class VectorQuantizer(nn.Module):
         codewords have time to settle (the example scripts skip the last
         ``2 * num_batches`` steps).
 
-        Under ``torch.distributed`` every rank must call it: usage is summed over ranks,
-        the replacement is decided on rank 0 and broadcast, so all replicas stay equal.
+        Synchronised over ``process_group`` (by default the default process group, when
+        ``torch.distributed`` runs more than one process, as DDP does): every process of
+        the group must call it at the same step; usage is summed over them, the
+        replacement is decided by the group's rank 0 and broadcast, so all replicas stay
+        equal. Set ``process_group=None`` for a quantizer that each process trains alone.
 
         Args:
             num_batches: batches since the last call (>= 1).
             verbose: print one line with the number of replaced codewords.
             generator: optional torch.Generator (CPU) for the random choices.
+            optimizer: optional optimizer of ``codebooks``; its per-entry state (Adam's
+                moments, SGD's momentum) of the replaced codewords is set to zero, so
+                they start afresh rather than with the dead entries' history.
 
         Returns:
             (M,) int64 CPU tensor, the number of codewords replaced in each codebook.
         """
         check_int("num_batches", num_batches)
-        usage = self.codebook_usage
-        world = 1
-        if _distributed():
-            usage = usage.clone()
-            dist.all_reduce(usage)
-            world = dist.get_world_size()
-        unused = usage.double() / (num_batches * world) < self.discard_threshold  # (M, K)
-        if not _distributed() or dist.get_rank() == 0:
+        sync = Sync(self.process_group)
+        usage = sync.sum(self.codebook_usage)
+        unused = usage < usage_limit(self.discard_threshold, num_batches * sync.size)  # (M, K)
+        if sync.leader:
             self._replace(unused, generator)
-        if _distributed():
-            dist.broadcast(self.codebooks.detach(), src=0)
+        sync.broadcast(self.codebooks.detach())
+        if optimizer is not None:
+            self._reset_optimizer_state(optimizer, unused)
         self.codebook_usage.zero_()
         replaced = unused.sum(dim=1).cpu()
-        if verbose and (not _distributed() or dist.get_rank() == 0):
+        if verbose and sync.leader:
             per_codebook = ", ".join(str(int(n)) for n in replaced)
             print(f"Replaced {int(replaced.sum())} of {unused.numel()} codebook entries "
                   f"(per codebook: {per_codebook})")
@@ -287,7 +251,13 @@ class VectorQuantizer(nn.Module):
             generator: optional CPU torch.Generator for the random choices.
         """
         x, _ = self._flatten(samples, "samples")
-        split = bool(disjoint) and self._chained
+        with full_precision(x.device):
+            self._initialize(x, kmeans_iterations, bool(disjoint), generator)
+        self.codebook_usage.zero_()
+
+    def _initialize(self, x: torch.Tensor, kmeans_iterations: int, disjoint: bool,
+                    generator: torch.Generator | None) -> None:
+        split = disjoint and self._chained
         needed = self.num_stages if split else 1
         if len(x) < needed:
             raise ValueError(f"samples must hold at least {needed} vector(s), got {len(x)}")
@@ -300,10 +270,9 @@ class VectorQuantizer(nn.Module):
                     residual = self._less_nearest(residual, earlier)
             target = self._init_target(x, residual, stage)  # (N, d)
             self._stage_table(stage).copy_(
-                kmeans(target, self.num_codebooks, kmeans_iterations, generator))
+                kmeans(target, self.codebook_size, kmeans_iterations, generator))
             if self._chained and not split:
                 residual = self._less_nearest(target, stage)
-        self.codebook_usage.zero_()
 
     def _less_nearest(self, x: torch.Tensor, stage: int) -> torch.Tensor:
         """x (N, d) less its nearest codeword in codebook ``stage``."""
@@ -361,17 +330,25 @@ class VectorQuantizer(nn.Module):
 
     def _gather_codewords(self, codes: torch.Tensor) -> torch.Tensor:
         """The chosen codewords (N, M, d) for codes (N, M), differentiable in ``codebooks``."""
-        offsets = torch.arange(0, self.num_stages * self.num_codebooks, self.num_codebooks,
+        offsets = torch.arange(0, self.num_stages * self.codebook_size, self.codebook_size,
                                device=codes.device)  # (M,) first row of each codebook
         table = self.codebooks
         if table.dim() != 2:  # PVQ, RVQ: (M, K, d) -> (MK, d)
-            table = table.reshape(self.num_stages * self.num_codebooks, -1)
+            table = table.reshape(self.num_stages * self.codebook_size, -1)
         return F.embedding(codes + offsets, table)
 
     def _replace(self, unused: torch.Tensor, generator: torch.Generator | None) -> None:
         """Replace unused codewords codebook by codebook; unused: (M, K) bool."""
         for stage in range(self.num_stages):
             replace_rows(self._stage_table(stage), unused[stage], self.replacement_noise, generator)
+
+    def _reset_optimizer_state(self, optimizer: torch.optim.Optimizer,
+                               unused: torch.Tensor) -> None:
+        """Zero the optimizer's per-entry state of the codewords marked in unused (M, K)."""
+        for value in optimizer.state.get(self.codebooks, {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == self.codebooks.shape:
+                rows = value.view(self.num_stages * self.codebook_size, -1)  # (MK, d)
+                rows[unused.flatten()] = 0
 
     _chained = True  # a codebook quantizes what the earlier ones leave (RVQ, AVQ)
 
@@ -411,8 +388,8 @@ class VectorQuantizer(nn.Module):
         if indices.dim() == 0 or indices.shape[-1] != self.num_stages:
             raise ValueError(f"indices must have shape (..., {self.num_stages}) (one index per "
                              f"codebook), got {tuple(indices.shape)}")
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_codebooks):
-            raise ValueError(f"indices must be in [0, {self.num_codebooks - 1}], got values in "
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
+            raise ValueError(f"indices must be in [0, {self.codebook_size - 1}], got values in "
                              f"[{int(indices.min())}, {int(indices.max())}]")
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,

@@ -1,0 +1,130 @@
+"""The settings of a training run (``TrainConfig``) and their checks.
+
+The defaults are the paper's example scripts; ``init`` and ``lr_scale`` left at None
+resolve to the paper's choices on the built-in N(0, 1) stream and to data-dependent ones
+on the user's data (``TrainConfig.resolved``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from stochastic_vq.methods import METHODS, SCRIPT_BEAM_WIDTH, SCRIPT_SHAPES
+
+INITS = ("uniform", "data", "data-disjoint")
+LR_SCALES = ("absolute", "data")
+PAPER_CHOICES = {"init": "uniform", "lr_scale": "absolute"}  # on the N(0, 1) stream
+DATA_CHOICES = {"init": "data", "lr_scale": "data"}  # on the user's data
+
+
+class ConfigError(ValueError):
+    """An invalid setting, data file or resume request.
+
+    ``setting`` names the TrainConfig field, ``message`` says what is wrong; ``str()`` of
+    the error is ``"setting: message"``.
+    """
+
+    def __init__(self, setting: str, message: str):
+        super().__init__(f"{setting}: {message}")
+        self.setting, self.message = setting, message
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; the defaults are the paper's example scripts.
+
+    method: "avq", "pvq" or "rvq". stages, bits: None picks the paper's setting (AVQ 3x5,
+    PVQ/RVQ 4x7). beam_width is used by AVQ only. data_dim: D, the dimension of the
+    vectors. device: None picks cuda when available. out: run directory for log.json and
+    checkpoint.pt (None: no files). data, eval_data: paths of (N, D) .npy files (None:
+    N(0, 1) samples). resume: continue from ``out``'s checkpoint. threads: torch CPU
+    threads while training (0: leave torch's setting); 1 is by far the fastest for the
+    paper's 64-vector batches, above all on a busy machine.
+
+    init: "uniform" (the paper's Uniform(-1/K, 1/K)), "data" (``initialize_from_data``:
+    k-means of the training data) or "data-disjoint" (the same with ``disjoint=True``:
+    RVQ/AVQ codebooks fitted to their own share of M times as many samples).
+    lr_scale: "absolute" (the paper: ``lr`` is Adam's step size) or "data": ``lr`` is
+    relative to the scale of the training data and is multiplied by the standard deviation
+    of all its entries. Adam moves each entry by about ``lr`` per step whatever the
+    gradient's size, so data far from unit scale (e.g. pixels 0..255) need it.
+    None (the default of both) resolves to the paper's choice on the N(0, 1) stream and
+    to "data" when training on data (``resolved``).
+    """
+
+    method: str = "rvq"
+    stages: int | None = None
+    bits: int | None = None
+    beam_width: int = SCRIPT_BEAM_WIDTH
+    data_dim: int = 128
+    steps: int = 20000
+    batch_size: int = 64
+    lr: float = 1e-3
+    replace_every: int = 1000
+    discard_threshold: float = 0.01
+    log_every: int = 1000
+    save_every: int = 1000
+    eval_samples: int = 2**18
+    seed: int = 0
+    device: str | None = None
+    out: str | None = None
+    init: str | None = None
+    data: str | None = None
+    eval_data: str | None = None
+    resume: bool = False
+    threads: int = 1
+    lr_scale: str | None = None
+
+    def __post_init__(self):
+        stages, bits = SCRIPT_SHAPES.get(self.method, (None, None))
+        self.stages = stages if self.stages is None else self.stages
+        self.bits = bits if self.bits is None else self.bits
+        if self.device is None:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved(self, on_data: bool) -> TrainConfig:
+        """A copy with ``init`` and ``lr_scale`` chosen where they are None: the paper's
+        choices on the N(0, 1) stream, the data-dependent ones when ``on_data``."""
+        choices = DATA_CHOICES if on_data else PAPER_CHOICES
+        return replace(self, **{name: choice for name, choice in choices.items()
+                                if getattr(self, name) is None})
+
+    def validate(self) -> None:
+        """Raise ConfigError for the first invalid setting."""
+        if self.method not in METHODS:
+            raise ConfigError("method", f"must be one of {', '.join(METHODS)}, "
+                                        f"got {self.method!r}")
+        for name, minimum in [("stages", 1), ("bits", 1), ("beam_width", 1), ("data_dim", 1),
+                              ("steps", 1), ("batch_size", 1), ("replace_every", 1),
+                              ("log_every", 1), ("save_every", 1), ("eval_samples", 1),
+                              ("seed", 0), ("threads", 0)]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
+        if self.bits > 30:
+            raise ConfigError("bits", f"must be <= 30, got {self.bits}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError("lr", f"must be a positive number, got {self.lr!r}")
+        if not 0.0 <= self.discard_threshold <= 1.0:
+            raise ConfigError("discard_threshold",
+                              f"must be in [0, 1], got {self.discard_threshold}")
+        if self.init not in (None, *INITS):
+            raise ConfigError("init", f"must be one of {', '.join(INITS)} or None, "
+                                      f"got {self.init!r}")
+        if self.lr_scale not in (None, *LR_SCALES):
+            raise ConfigError("lr_scale", f"must be 'absolute', 'data' or None, "
+                                          f"got {self.lr_scale!r}")
+        if self.method == "pvq" and self.data_dim % self.stages:
+            raise ConfigError("stages", f"product VQ needs data_dim ({self.data_dim}) "
+                                        f"divisible by stages ({self.stages})")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError("device", f"unknown device {self.device!r}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device", "cuda was requested but is not available")
+        if self.resume and self.out is None:
+            raise ConfigError("resume", "needs the run directory (out) to resume from")

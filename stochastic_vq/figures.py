@@ -1,0 +1,117 @@
+"""The figures' files: JSON in the schema of the published results, and their plots.
+
+A panel is a dict in the published schema: ``"Metric"``, the x axis (``"VQ Bitrate":
+["12 bits", ...]`` or ``"T": ["1", ...]``), then per method ``"Mean (AVQ)"``,
+``"Quantile Low (AVQ)"``, ``"Quantile High (AVQ)"``. The files written here add
+``"Settings"``: the mode, sizes and versions that produced them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from stochastic_vq import __version__
+
+QUANTILES = (0.025, 0.975)  # the published bands
+SETTINGS_KEY = "Settings"
+
+
+def summary(values: list[float]) -> tuple[float, float, float]:
+    """(mean, 2.5 % quantile, 97.5 % quantile) of one point's values over the seeds."""
+    low, high = np.quantile(values, QUANTILES)
+    return float(np.mean(values)), float(low), float(high)
+
+
+def add_curve(panel: dict, name: str, values: list[list[float]]) -> None:
+    """Add the mean and quantiles over seeds of ``name``; values[point][seed]."""
+    stats = [summary(point) for point in values]
+    panel[f"Mean ({name})"] = [s[0] for s in stats]
+    panel[f"Quantile Low ({name})"] = [s[1] for s in stats]
+    panel[f"Quantile High ({name})"] = [s[2] for s in stats]
+
+
+def bitrate_axis(bits: tuple[int, ...]) -> list[str]:
+    """The published x axis of the bitrate figures: ["12 bits", ...]."""
+    return [f"{b} bits" for b in bits]
+
+
+def run_settings(**settings) -> dict:
+    """``settings`` with the library and torch versions, for a file's ``"Settings"``."""
+    return {**settings, "library_version": __version__, "torch_version": str(torch.__version__)}
+
+
+def save_panels(panels: dict[str, dict], out: Path, figure: str, settings: dict, *,
+                label_key: str | None = None, title: str | None = None,
+                published: Path | None = None) -> list[Path]:
+    """Write each panel's JSON (with ``settings``) and one PDF + PNG, a subplot per panel.
+
+    ``published``: a folder holding the published files of the same names; their curves
+    are drawn dashed beside ours.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, panel in panels.items():
+        path = out / name
+        path.write_text(json.dumps({**panel, SETTINGS_KEY: settings}, indent=1) + "\n")
+        written.append(path)
+    reference = {name: json.loads((published / name).read_text())
+                 for name in panels if published is not None and (published / name).is_file()}
+    return written + plot_panels(panels, out / figure, label_key, title, reference)
+
+
+def plot_panels(panels: dict[str, dict], stem: Path, label_key: str | None,
+                title: str | None, published: dict[str, dict]) -> list[Path]:
+    """Mean curves with quantile bands, one subplot per panel; returns the PDF and PNG."""
+    fig = Figure(figsize=(4.5 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, panel) in zip(axes, panels.items()):
+        x = [int(label.split()[0]) for label in _x_labels(panel)]
+        for method in curve_names(panel):
+            line, = ax.plot(x, panel[f"Mean ({method})"], marker="o", markersize=3,
+                            label=method)
+            ax.fill_between(x, panel[f"Quantile Low ({method})"],
+                            panel[f"Quantile High ({method})"], color=line.get_color(),
+                            alpha=0.2)
+            if method in curve_names(published.get(name, {})):
+                reference = published[name]
+                ax.plot([int(label.split()[0]) for label in _x_labels(reference)],
+                        reference[f"Mean ({method})"], linestyle="--", color=line.get_color(),
+                        label=f"{method}, published")
+        _label_axes(ax, panel, label_key, title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
+    for path in paths:
+        fig.savefig(path, dpi=120, metadata={"CreationDate": None} if path.suffix == ".pdf"
+                    else None)
+    return paths
+
+
+def curve_names(panel: dict) -> list[str]:
+    """The methods of a panel, in its order: ``"AVQ"`` for a ``"Mean (AVQ)"`` key."""
+    return [key[len("Mean ("):-1] for key in panel if key.startswith("Mean (")]
+
+
+def _x_labels(panel: dict) -> list[str]:
+    return panel["VQ Bitrate"] if "VQ Bitrate" in panel else panel["T"]
+
+
+def _label_axes(ax, panel: dict, label_key: str | None, title: str | None) -> None:
+    if "T" in panel:
+        ax.set(xlabel="T", ylabel="recall@T", xscale="log", ylim=(0, 1.02))
+        ax.set_title(title or "")
+        return
+    x = [int(label.split()[0]) for label in panel["VQ Bitrate"]]
+    metric = panel["Metric"]
+    if metric == "MSE":
+        ax.set(ylabel="MSE (sum over dimensions)", yscale="log")
+    else:
+        ax.set(ylabel=metric)
+    ax.set(xlabel="total bitrate (bits per vector)", xticks=x)
+    ax.set_title(f"{label_key}: {panel[label_key]}" if label_key else (title or metric))

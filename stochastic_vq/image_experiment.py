@@ -1,0 +1,199 @@
+"""Figure 4a/4b: a VQ-VAE compressing 32x32 images, scored by SSIM and peak SNR.
+
+Each point trains ``vq_vae.VQVAE`` with AVQ, RVQ or PVQ in its bottleneck (M = 4
+codebooks, D = 64, ``bits / 4`` bits per codebook, AVQ beam min(K, 16)) end to end with
+Adam on the mean squared error, replacing unused codewords on the schedule of the
+training scripts, then reconstructs the test images (eval mode: the hard-quantized
+codes), rounds them to 8-bit pixels and scores each image against its original with
+scikit-image's ``peak_signal_noise_ratio`` and ``structural_similarity`` (data range 255;
+SSIM with its default 7x7 uniform window, averaged over the colour channels). A point's
+value is the mean over the test images; the figure shows the mean and the 2.5 % and
+97.5 % quantiles over seeds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stochastic_vq.figures import add_curve, bitrate_axis, save_panels
+from stochastic_vq.images import load_cifar10, photo_tiles, to_unit
+from stochastic_vq.methods import (
+    METHODS,
+    PAPER_BITRATES,
+    PAPER_STAGES,
+    beam_width_for,
+    build_quantizer,
+    label,
+)
+from stochastic_vq.points import run_points
+from stochastic_vq.usage import replaces_at
+from vq_vae import VQVAE
+
+LATENT_DIM = 64  # D of the paper's Figure 4 (its complexity panel 4c)
+LARGEST_BEAM = 16
+EVAL_BATCH = 256
+FILES = {"ssim": "SSIM_Fig4-a.json", "psnr": "PeakSNR_Fig4-b.json"}
+TITLES = {"ssim": "SSIM", "psnr": "Peak SNR"}
+
+
+@dataclass(frozen=True)
+class ImagePreset:
+    """Sizes of one mode. seeds: runs per point; steps, batch_size, lr: Adam on the MSE;
+    channels: the VQ-VAE's width; replace_every: codeword replacement period (never in
+    the last 2 x replace_every steps); init_images: images whose initial latents
+    initialise the codebooks (k-means, ``initialize_from_data``; 0: the paper's uniform
+    initialisation); bits: total bits per latent vector; test_images: test images scored
+    (0: all)."""
+
+    seeds: int
+    steps: int
+    batch_size: int
+    lr: float
+    channels: int
+    replace_every: int
+    init_images: int
+    bits: tuple[int, ...]
+    test_images: int = 0
+
+
+PRESETS = {
+    # the paper: 15,000 batches, 10 runs per point; the VQ-VAE paper's CIFAR-10 model
+    "full": ImagePreset(seeds=10, steps=15000, batch_size=128, lr=2e-4, channels=256,
+                        replace_every=1000, init_images=0, bits=PAPER_BITRATES),
+    "quick": ImagePreset(seeds=2, steps=1500, batch_size=32, lr=1e-3, channels=64,
+                         replace_every=100, init_images=0, bits=(12, 16, 20, 24)),
+    "tiny": ImagePreset(seeds=2, steps=3, batch_size=4, lr=1e-3, channels=8,
+                        replace_every=1, init_images=0, bits=(8, 12), test_images=16),
+}
+
+
+def load_images(data: str | Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, test) uint8 images: CIFAR-10 from ``data``, else scikit-image tiles."""
+    return load_cifar10(data) if data is not None else photo_tiles()
+
+
+def build_model(method: str, bits: int, channels: int) -> VQVAE:
+    """The VQ-VAE of one point: ``method`` with 4 codebooks of ``bits // 4`` bits."""
+    per_stage = bits // PAPER_STAGES
+    quantizer = build_quantizer(method, PAPER_STAGES, per_stage, LATENT_DIM,
+                                beam_width_for(per_stage, LARGEST_BEAM), check_finite=False)
+    return VQVAE(quantizer, channels)
+
+
+def train_vqvae(model: VQVAE, images: torch.Tensor, preset: ImagePreset,
+                generator: torch.Generator,
+                extra_loss: Callable[[], torch.Tensor] | None = None) -> float:
+    """Train ``model`` on uint8 ``images`` with Adam on the MSE; returns ms per step.
+
+    Batches are drawn with replacement from ``generator``. ``extra_loss()``, when given,
+    is added to each step's loss (a commitment loss of another quantizer layer). The
+    codebooks are replaced when the quantizer has ``replace_unused_codebooks``.
+    """
+    quantizer = model.quantizer
+    replaces = hasattr(quantizer, "replace_unused_codebooks")
+    if preset.init_images and hasattr(quantizer, "initialize_from_data"):
+        pick = torch.randint(len(images), (preset.init_images,), generator=generator)
+        with torch.no_grad():
+            quantizer.initialize_from_data(model.latents(to_unit(images[pick])),
+                                           generator=generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=preset.lr)
+    model.train()
+    start = time.perf_counter()
+    for step in range(1, preset.steps + 1):
+        batch = to_unit(images[torch.randint(len(images), (preset.batch_size,),
+                                             generator=generator)])  # (B, 3, 32, 32)
+        reconstruction, _ = model(batch)
+        loss = F.mse_loss(reconstruction, batch)
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if replaces and replaces_at(step, preset.steps, preset.replace_every):
+            quantizer.replace_unused_codebooks(preset.replace_every, verbose=False,
+                                               generator=generator)
+    return (time.perf_counter() - start) / preset.steps * 1e3
+
+
+@torch.no_grad()
+def score_images(model: VQVAE, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image (PSNR in dB, SSIM) of the eval-mode reconstructions of uint8 ``images``."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    model.eval()
+    psnr, ssim = [], []
+    for chunk in images.split(EVAL_BATCH):
+        reconstruction, _ = model(to_unit(chunk))
+        decoded = reconstruction.clamp(0, 1).mul(255).round().to(torch.uint8)
+        for original, image in zip(_channels_last(chunk), _channels_last(decoded)):
+            psnr.append(peak_signal_noise_ratio(original, image, data_range=255))
+            ssim.append(structural_similarity(original, image, data_range=255,
+                                              channel_axis=-1))
+    return np.array(psnr), np.array(ssim)
+
+
+def used_share(model: VQVAE, images: torch.Tensor) -> float:
+    """Share of all codebook entries used by the codes of uint8 ``images``."""
+    quantizer = model.quantizer
+    used = torch.zeros(quantizer.num_stages, quantizer.codebook_size, dtype=torch.bool)
+    for chunk in images.split(EVAL_BATCH):
+        codes = model.compress(to_unit(chunk)).reshape(-1, quantizer.num_stages)  # (n, M)
+        used.scatter_(1, codes.t().cpu(), True)
+    return float(used.float().mean())
+
+
+def _channels_last(images: torch.Tensor) -> np.ndarray:
+    return images.permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
+
+
+def image_point(preset: ImagePreset, data: str | None, method: str, bits: int,
+                seed: int) -> tuple[float, float]:
+    """(mean PSNR, mean SSIM) over the test images of one trained VQ-VAE.
+
+    One CPU thread, so that a point's value does not depend on how many run at once.
+    """
+    torch.set_num_threads(1)
+    train_images, test_images = load_images(data)
+    if preset.test_images:
+        test_images = test_images[:preset.test_images]
+    torch.manual_seed(seed)
+    model = build_model(method, bits, preset.channels)
+    train_vqvae(model, train_images, preset, torch.Generator().manual_seed(seed))
+    psnr, ssim = score_images(model, test_images)
+    return float(psnr.mean()), float(ssim.mean())
+
+
+def run_fig4(preset: ImagePreset, out: Path, settings: dict, data: str | None = None,
+             jobs: int = 1, published: Path | None = None) -> list[Path]:
+    """Figure 4a (SSIM) and 4b (peak SNR) against the total bits per latent vector."""
+    points = [(method, bits, seed) for method in METHODS for bits in preset.bits
+              for seed in range(preset.seeds)]
+    start = time.perf_counter()
+
+    def report(done: int, point: tuple, value: tuple[float, float]) -> None:
+        method, bits, seed = point
+        print(f"[{done}/{len(points)}] {label(method)} {bits:2d} bits seed {seed}: "
+              f"PSNR {value[0]:.2f} dB, SSIM {value[1]:.4f} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+
+    values = dict(zip(points, run_points(partial(image_point, preset, data), points, jobs,
+                                         report)))
+    panels = {}
+    for index, metric in ((1, "ssim"), (0, "psnr")):
+        panel = {"Metric": TITLES[metric], "VQ Bitrate": bitrate_axis(preset.bits)}
+        for method in METHODS:
+            add_curve(panel, label(method), [[values[method, bits, seed][index]
+                                              for seed in range(preset.seeds)]
+                                             for bits in preset.bits])
+        panels[FILES[metric]] = panel
+    data_name = "CIFAR-10" if data is not None else "scikit-image photo tiles"
+    return save_panels(panels, out, "Fig4", {**settings, "data": data_name},
+                       title=data_name, published=published)

@@ -1,0 +1,137 @@
+"""Reproduce the paper's experiments: one sub-command per figure, results into Results/.
+
+    python reproduce.py fig2 [--quick]     # MSE vs bitrate, correlated and uncorrelated, D = 64
+    python reproduce.py fig3 [--quick]     # MSE vs bitrate, uncorrelated, D = 64, 128, 256
+    python reproduce.py fig4 [--quick]     # VQ-VAE on 32x32 images: SSIM, peak SNR vs bitrate
+    python reproduce.py fig5 [--data DIR]  # ANN search recall@T, AVQ/RVQ/PVQ (SIFT1M in DIR)
+    python reproduce.py fig6a [--data DIR] # ANN search recall@T up to 10000, RVQ
+    python reproduce.py all [--quick]
+    python reproduce.py point --method avq --bits 40 --dim 128   # one MSE value of fig2/fig3
+
+Each writes JSON files in the schema of the published ones plus ``"Settings"`` (mode,
+sizes, versions), and a PDF and PNG plot; ``--published DIR`` draws the published curves
+of the same files beside ours. Full mode (the default) uses the paper's settings,
+``--quick`` a run sized for a CPU and ``--tiny`` a seconds-long smoke run for the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from stochastic_vq import ann_experiment, image_experiment, mse_experiment
+from stochastic_vq.figures import run_settings
+from stochastic_vq.methods import METHODS, PAPER_STAGES
+
+FIGURES = ("fig2", "fig3", "fig4", "fig5", "fig6a")
+EXPERIMENTS = {"fig2": mse_experiment, "fig3": mse_experiment, "fig4": image_experiment,
+               "fig5": ann_experiment, "fig6a": ann_experiment}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("figure", choices=[*FIGURES, "all", "point"],
+                        help="experiment to run (all: every one; point: one MSE value of "
+                             "fig2/fig3, chosen by --kind, --method, --bits, --dim, --seed)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="a run sized for a CPU: fewer seeds and steps (fig4: a narrower "
+                           "model, 12 ... 24 bits)")
+    size.add_argument("--tiny", action="store_true",
+                      help="smoke run of a few seconds (tests); the numbers mean nothing")
+    parser.add_argument("--seeds", type=int, default=None, help="runs per point")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run")
+    parser.add_argument("--bits", type=int, nargs="+", default=None,
+                        help="fig2, fig3, fig4: only these total bitrates (bits per vector, "
+                             f"multiples of {PAPER_STAGES}); point: the one bitrate")
+    parser.add_argument("--data", default=None,
+                        help="fig4: the CIFAR-10 directory (python version: data_batch_1 ... "
+                             "data_batch_5, test_batch), default: tiles of scikit-image's "
+                             "photographs; fig5/fig6a: the SIFT1M directory (sift_learn.fvecs,"
+                             " sift_base.fvecs, sift_query.fvecs, sift_groundtruth.ivecs), "
+                             "default: a synthetic AR(1) corpus")
+    parser.add_argument("--out", default="Results", help="output folder (default: Results)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="fig2, fig3, fig4: training runs in parallel, each in its own "
+                             "process with one CPU thread (default: 1)")
+    parser.add_argument("--published", type=Path, default=None, metavar="DIR",
+                        help="a folder with the published JSON files of the same names: "
+                             "their curves are drawn dashed beside ours")
+    point = parser.add_argument_group("point", "one training run of fig2/fig3, printed")
+    point.add_argument("--kind", choices=["correlated", "uncorrelated"], default="uncorrelated")
+    point.add_argument("--method", type=str.lower, choices=METHODS)
+    point.add_argument("--dim", type=int, default=64, help="data dimension (default: 64)")
+    point.add_argument("--seed", type=int, default=0, help="seed of the run (default: 0)")
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject option values that would fail late or run something other than asked."""
+    for name in ("jobs", "seeds", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    bad = [bits for bits in args.bits or () if bits < PAPER_STAGES or bits % PAPER_STAGES]
+    if bad:
+        parser.error(f"--bits must be positive multiples of {PAPER_STAGES}, got {bad}")
+    if args.figure != "point":
+        return
+    if args.method is None or args.bits is None:
+        parser.error("point needs --method and --bits")
+    if len(args.bits) != 1:
+        parser.error(f"point takes one --bits value, got {args.bits}")
+    if args.dim < PAPER_STAGES or args.dim % PAPER_STAGES:
+        parser.error(f"--dim must be a positive multiple of {PAPER_STAGES} (PVQ splits it), "
+                     f"got {args.dim}")
+
+
+def mode(args: argparse.Namespace) -> str:
+    return "tiny" if args.tiny else "quick" if args.quick else "full"
+
+
+def preset_for(figure: str, args: argparse.Namespace):
+    """The preset of ``figure``'s experiment in the chosen mode, with the overrides."""
+    preset = EXPERIMENTS[figure].PRESETS[mode(args)]
+    changes = {name: getattr(args, name) for name in ("seeds", "steps")
+               if getattr(args, name) is not None}
+    if args.bits is not None and hasattr(preset, "bits") and figure != "point":
+        changes["bits"] = tuple(args.bits)
+    return replace(preset, **changes)
+
+
+def run_figure(figure: str, args: argparse.Namespace) -> list[Path]:
+    """Run one figure's experiment and write its files; returns them."""
+    preset = preset_for(figure, args)
+    settings = run_settings(mode=mode(args), **asdict(preset))
+    out, published = Path(args.out), args.published
+    if figure in ("fig2", "fig3"):
+        run = {"fig2": mse_experiment.run_fig2, "fig3": mse_experiment.run_fig3}[figure]
+        return run(preset, out, settings, args.jobs, published)
+    if figure == "fig4":
+        return image_experiment.run_fig4(preset, out, settings, args.data, args.jobs,
+                                         published)
+    corpus = (ann_experiment.load_sift(args.data) if args.data
+              else ann_experiment.synthetic_corpus(preset))
+    run = {"fig5": ann_experiment.run_fig5, "fig6a": ann_experiment.run_fig6a}[figure]
+    return run(preset, out, settings, corpus, published)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Run the chosen experiment(s); returns the files written."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    if args.figure == "point":
+        point = (args.kind, args.method, args.bits[0], args.dim, args.seed)
+        mse_experiment.mse_points(preset_for("fig2", args), [point])
+        return []
+    written: list[Path] = []
+    for figure in FIGURES if args.figure == "all" else (args.figure,):
+        start = time.perf_counter()
+        written += run_figure(figure, args)
+        print(f"{figure}: {time.perf_counter() - start:.1f} s", flush=True)
+    for path in written:
+        print(f"wrote {path}")
+    return written

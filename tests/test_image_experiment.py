@@ -1,0 +1,66 @@
+"""Figure 4 (VQ-VAE on images) end to end at tiny sizes: files, schema, scores."""
+
+import json
+
+import pytest
+import torch
+
+from stochastic_vq import image_experiment, reproduce
+from stochastic_vq.figures import SETTINGS_KEY
+from test_images import cifar_directory
+
+pytest.importorskip("skimage")
+
+
+@pytest.mark.parametrize("source", ["photos", "cifar"])
+def test_fig4_tiny_writes_both_panels(tmp_path, source):
+    argv = ["fig4", "--tiny", "--out", str(tmp_path / "out")]
+    if source == "cifar":
+        cifar_directory(tmp_path / "cifar")
+        argv += ["--data", str(tmp_path / "cifar"), "--seeds", "1"]
+    written = {path.name for path in reproduce.main(argv)}
+    assert written == {"SSIM_Fig4-a.json", "PeakSNR_Fig4-b.json", "Fig4.pdf", "Fig4.png"}
+    bits = list(image_experiment.PRESETS["tiny"].bits)
+    for name, metric in [("SSIM_Fig4-a.json", "SSIM"), ("PeakSNR_Fig4-b.json", "Peak SNR")]:
+        panel = json.loads((tmp_path / "out" / name).read_text())
+        assert list(panel)[:2] == ["Metric", "VQ Bitrate"] and panel["Metric"] == metric
+        assert panel["VQ Bitrate"] == [f"{b} bits" for b in bits]
+        for method in ("AVQ", "RVQ", "PVQ"):
+            mean = panel[f"Mean ({method})"]
+            assert len(mean) == len(bits)
+            assert all(lo <= m + 1e-9 <= hi + 2e-9 for lo, m, hi in zip(
+                panel[f"Quantile Low ({method})"], mean, panel[f"Quantile High ({method})"]))
+            assert all(0 < m < (1 if metric == "SSIM" else 100) for m in mean)
+        settings = panel[SETTINGS_KEY]
+        assert settings["mode"] == "tiny" and settings["channels"] == 8
+        assert settings["data"] == ("CIFAR-10" if source == "cifar" else
+                                    "scikit-image photo tiles")
+
+
+def test_scores_are_scikit_images_metrics_of_the_8_bit_reconstruction():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    model = image_experiment.build_model("pvq", 8, channels=4)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    psnr, ssim = image_experiment.score_images(model, images)
+    reconstruction, _ = model(image_experiment.to_unit(images))
+    decoded = reconstruction.clamp(0, 1).mul(255).round().to(torch.uint8)
+    original, image = images[1].permute(1, 2, 0).numpy(), decoded[1].permute(1, 2, 0).numpy()
+    assert psnr[1] == peak_signal_noise_ratio(original, image, data_range=255)
+    assert ssim[1] == structural_similarity(original, image, data_range=255, channel_axis=-1)
+
+
+def test_training_lowers_the_error_and_uses_the_codebooks():
+    train, _ = image_experiment.load_images(None)
+    test = train[:64]
+    preset = image_experiment.ImagePreset(seeds=1, steps=60, batch_size=8, lr=2e-3,
+                                          channels=8, replace_every=20, init_images=0,
+                                          bits=(8,))
+    torch.manual_seed(0)
+    model = image_experiment.build_model("rvq", 8, preset.channels)
+    before, _ = image_experiment.score_images(model, test)
+    step_ms = image_experiment.train_vqvae(model, train, preset,
+                                           torch.Generator().manual_seed(0))
+    after, _ = image_experiment.score_images(model, test)
+    assert step_ms > 0 and after.mean() > before.mean() + 1  # dB
+    assert image_experiment.used_share(model, test) > 0.25  # more than one entry a codebook
