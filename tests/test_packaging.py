@@ -1,0 +1,98 @@
+"""The package as users install it: the wheel's contents, and using it from elsewhere.
+
+The wheel is built from a copy of the checkout (no build files left in it) and installed
+into a new virtual environment that sees only this interpreter's dependencies (torch,
+numpy, matplotlib) through a .pth file; everything is then imported and run from a
+directory outside the checkout.
+"""
+
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+TOP_LEVEL = PYPROJECT["tool"]["setuptools"]["py-modules"]
+SMOKE = """
+import additive_vq, product_vq, residual_vq, torch
+from additive_vq import AVQ
+from product_vq import PVQ
+from residual_vq import RVQ
+from vq_vae import VQVAE
+for vq in (AVQ(3, 4, 16, 4), PVQ(4, 4, 16), RVQ(4, 4, 16)):
+    x = torch.randn(32, 16)
+    out, usage = vq(x)
+    out.sum().backward()
+    assert vq.codebooks.grad is not None and usage.shape == (vq.num_stages, 16)
+    assert vq.encode(x).shape == (32, vq.num_stages)
+print(additive_vq.__file__)
+"""
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    source = tmp_path_factory.mktemp("source")
+    shutil.copytree(ROOT, source, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "output", "__pycache__", "*.egg-info", "build", "Results"))
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(dist), str(source)], check=True, timeout=300)
+    return next(dist.glob("stochastic_vq-*.whl"))
+
+
+def test_wheel_holds_the_library_and_nothing_else(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    modules = {name[:-3] for name in names if "/" not in name and name.endswith(".py")}
+    assert modules == set(TOP_LEVEL)
+    assert {"additive_vq", "product_vq", "residual_vq", "complexity"} <= modules
+    package = {name for name in names if name.startswith("stochastic_vq/")}
+    assert {f"stochastic_vq/{name}.py" for name in ("__init__", "nsvq", "loop")} <= package
+    assert not any(name.startswith(("tests/", "benchmarks/", "Results/")) for name in names)
+    metadata = next(name for name in names if name.endswith("METADATA"))
+    text = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert "Requires-Dist: torch>=" in text and "# Additive, product and residual VQ" in text
+
+
+def test_no_installed_module_takes_a_generic_name():
+    generic = {"training", "datasets", "nsvq", "ann", "reproduce", "utils", "data", "models"}
+    assert not generic & set(TOP_LEVEL) and PYPROJECT["tool"]["setuptools"]["packages"] == [
+        "stochastic_vq"]
+
+
+def test_installed_wheel_works_outside_the_checkout(wheel, tmp_path):
+    environment = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)],
+                   check=True, timeout=120)
+    python = environment / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()"
+                              "['purelib'])"], check=True, capture_output=True, text=True
+                             ).stdout.strip()
+    dependencies = {*site.getsitepackages(), sysconfig.get_paths()["purelib"]}
+    (Path(purelib) / "dependencies.pth").write_text("\n".join(sorted(dependencies)) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                    "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def run(*command):
+        done = subprocess.run(command, cwd=elsewhere, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert run(python, "-c", SMOKE).strip().startswith(str(purelib))
+    assert "--beam-width" in run(environment / "bin" / "train-additive-vq", "--help")
+    assert "AVQ (beam width 8)" in run(environment / "bin" / "complexity-calculator")
+    assert "RUN_DIR" in run(python, "-m", "plot_training_logs", "--help")
+    assert "fig4" in run(environment / "bin" / "stochastic-vq-reproduce", "--help")
+    run(environment / "bin" / "train-product-vq", "--steps", "20", "--dim", "8", "--stages",
+        "2", "--bits", "2", "--eval-samples", "64", "--out", "run")
+    assert sorted(p.name for p in (elsewhere / "run").iterdir()) == ["checkpoint.pt",
+                                                                    "log.json"]
