@@ -119,12 +119,16 @@ class _VQComplexity:
 
 
 class AVQ_Complexity(_VQComplexity):
-    """Additive VQ encoded by beam search (see ``additive_vq.py``).
+    """Additive VQ encoded by the paper's per-beam search.
 
     First step: distances to all M*K codewords, select the bw nearest. Then, for
     i = 1 ... M-1, for every beam: build the residual, find the bw nearest codewords among
     the (M-i)*K of unused codebooks, score the bw**2 candidates by their true error and keep
     the best bw (the best one after the last iteration). All M stages are counted.
+
+    This is the count of the search as the paper describes it, which produced its Figures
+    4c and 6b. ``additive_vq.py`` finds the same tuples with another algorithm (errors from
+    tables of inner products, one top-k over all extensions), whose operation count differs.
 
     Args:
         input_dim: D, dimension of the vectors.

@@ -5,7 +5,7 @@
     python benchmarks/bench_quantizers.py --quick          # smaller batches, fewer repeats
 
 Sections (each row measured in this run, the fastest of several repeats):
-  1. training step (forward + backward + fused Adam, as in training.py) at batch 64,
+  1. training step (forward + backward + fused Adam, as in the training loop) at batch 64,
      D = 128: the fastest of 20 rounds of 100 steps, the six configurations taking turns
      in every round (rows printed when all are done);
   2. encode throughput at large batch;

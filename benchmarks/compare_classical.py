@@ -69,7 +69,7 @@ def run_library(method: str, stages: int, bits: int, train_set: torch.Tensor,
                          lr_scale=args.lr_scale, init=args.init,
                          replace_every=args.replace_every, log_every=args.steps,
                          save_every=args.steps, eval_samples=1, seed=args.seed, device="cpu",
-                         threads=0)
+                         threads=args.threads)
     start = time.perf_counter()
     result = train(config, train_set, test_set[:1], progress=False)
     train_time = time.perf_counter() - start - result["eval_time"]
@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="learning-rate scale (default: as the training loop resolves "
                              "it on data: data)")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of torch and faiss (default: 1, the training "
+                             "scripts' default)")
     parser.add_argument("--no-faiss", action="store_true", help="library quantizers only")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     return parser
@@ -187,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+    except ImportError:
+        pass
     rows = compare(args)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))

@@ -53,6 +53,9 @@ class TrainConfig:
     gradient's size, so data far from unit scale (e.g. pixels 0..255) need it.
     None (the default of both) resolves to the paper's choice on the N(0, 1) stream and
     to "data" when training on data (``resolved``).
+    reset_optimizer_state: zero Adam's moments of the codewords a replacement overwrites
+    (``replace_unused_codebooks(optimizer=...)``) instead of letting them inherit those
+    of the dead entries.
     """
 
     method: str = "rvq"
@@ -77,6 +80,7 @@ class TrainConfig:
     resume: bool = False
     threads: int = 1
     lr_scale: str | None = None
+    reset_optimizer_state: bool = False
 
     def __post_init__(self):
         stages, bits = SCRIPT_SHAPES.get(self.method, (None, None))

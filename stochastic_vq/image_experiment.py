@@ -141,7 +141,8 @@ def score_images(model: VQVAE, images: torch.Tensor) -> tuple[np.ndarray, np.nda
 
 
 def used_share(model: VQVAE, images: torch.Tensor) -> float:
-    """Share of all codebook entries used by the codes of uint8 ``images``."""
+    """Share of all codebook entries used by the codes of uint8 ``images`` (eval mode)."""
+    model.eval()
     quantizer = model.quantizer
     used = torch.zeros(quantizer.num_stages, quantizer.codebook_size, dtype=torch.bool)
     for chunk in images.split(EVAL_BATCH):

@@ -16,6 +16,7 @@ caller's global torch RNG is left as it was.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from dataclasses import asdict
@@ -60,6 +61,11 @@ except ImportError:  # tqdm is optional: without it progress is one line per log
 __all__ = ["TrainConfig", "evaluate", "train"]
 
 EVAL_CHUNK = 2**15  # rows evaluated at once
+# DDP keyword that leaves the buffers (the per-rank usage counters) alone in forward:
+# forward_sync_buffers in recent torch releases, broadcast_buffers in earlier ones
+_DDP_OPTIONS = inspect.signature(DistributedDataParallel).parameters
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_OPTIONS
+                   else {"broadcast_buffers": False})
 INIT_SAMPLES = 2**16  # vectors per codebook given to initialize_from_data for init="data*"
 
 
@@ -173,7 +179,7 @@ class _Run:
                                                 disjoint=disjoint)
         self.model = self.quantizer
         if self.world > 1:  # usage counters are per rank: never broadcast buffers
-            self.model = DistributedDataParallel(self.quantizer, forward_sync_buffers=False)
+            self.model = DistributedDataParallel(self.quantizer, **_NO_BUFFER_SYNC)
         self.optimizer = torch.optim.Adam(self.quantizer.parameters(), fused=True,
                                           lr=config.lr * lr_factor(config, data))
         torch.manual_seed(stream_seed(config.seed, self.rank, NOISE_STREAM))
@@ -208,8 +214,10 @@ class _Run:
 
     def replace(self) -> None:
         """Replace unused codewords (all ranks, same step) and log how many."""
+        optimizer = self.optimizer if self.config.reset_optimizer_state else None
         replaced = self.quantizer.replace_unused_codebooks(
-            self.config.replace_every, verbose=False, generator=self.replacement_rng)
+            self.config.replace_every, verbose=False, generator=self.replacement_rng,
+            optimizer=optimizer)
         self.log["replacements"].append({"step": self.step, "replaced": replaced.tolist()})
         self.window_replaced += int(replaced.sum())
 

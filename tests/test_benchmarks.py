@@ -1,5 +1,6 @@
 """The benchmark scripts run: tiny sizes, so that a change of the library cannot break them."""
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -37,9 +38,13 @@ def test_timed_in_turns_runs_each_function_in_turns():
 
 def test_train_section_reports_every_configuration(capsys):
     bench_quantizers.main(["--quick", "--sections", "train"])
-    rows = [line for line in capsys.readouterr().out.splitlines() if "train step" in line]
-    assert len(rows) == 6
-    assert all(float(row.split("|")[2].split()[0]) > 0 for row in rows)
+    rows = [[cell.strip() for cell in line.split("|")]
+            for line in capsys.readouterr().out.splitlines() if "train step" in line]
+    assert [row[1] for row in rows] == ["AVQ 3x5b, beam 8", "RVQ 4x5b", "PVQ 4x5b",
+                                        "AVQ 4x5b, beam 16", "RVQ 4x7b", "PVQ 4x7b"]
+    assert all(row[0] == "train step, batch 64, D=128" for row in rows)
+    times = [row[2].split() for row in rows]
+    assert all(unit == "ms" and 0 < float(value) < 1000 for value, unit in times)
 
 
 def test_report_prints_one_aligned_row(capsys):
@@ -64,7 +69,29 @@ def test_compare_classical_library_rows(capsys):
     assert all(row["bits"] == 8 for row in rows)
 
 
-def test_bench_training_loop_gives_a_ratio(capsys):
-    ratio = bench_training_loop.main(["--steps", "5", "--repeats", "1"])
-    assert ratio > 0
-    assert "ratio train()/bare" in capsys.readouterr().out
+def test_bench_training_loop_gives_the_ratio_of_its_printed_times(capsys):
+    ratio = bench_training_loop.main(["--method", "pvq", "--steps", "5", "--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "pvq 4x7 bits, D=128, batch 64, 5 steps on cpu, 1 thread(s)"
+    bare, loop = (float(line.split()[-2].lstrip("(")) for line in lines[1:3])  # ms/step
+    assert lines[1].startswith("bare loop:") and lines[2].startswith("train():")
+    assert lines[1].endswith("ms/step)") and lines[2].endswith("ms/step)")
+    assert ratio == pytest.approx(loop / bare, rel=0.05)
+    assert lines[3] == f"ratio train()/bare: {ratio:.3f}"
+
+
+def test_compare_in_model_rows(tmp_path):
+    pytest.importorskip("skimage")
+    pytest.importorskip("vector_quantize_pytorch")
+    import compare_in_model
+
+    table = compare_in_model.main(["--bits", "8", "--steps", "2", "--seeds", "1",
+                                   "--channels", "4", "--batch-size", "2",
+                                   "--test-images", "8", "--json", str(tmp_path / "rows.json")])
+    assert [(row["library"], row["quantizer"]) for row in table] == [
+        ("this", "avq"), ("this", "rvq"), ("this", "pvq"),
+        *[("vector-quantize-pytorch", name) for name in compare_in_model.THEIRS]]
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert {"library", "quantizer", "bits", "psnr", "ssim", "usage", "step_ms"} <= set(rows[0])
+    assert all(row["bits"] == 8 and 0 < row["usage"] <= 1 and row["step_ms"] > 0
+               and 0 < row["psnr"] < 100 for row in rows)

@@ -1,4 +1,4 @@
-"""training.train under torch.distributed: 2 CPU processes (gloo on loopback) with DDP.
+"""stochastic_vq.loop.train under torch.distributed: 2 CPU processes (gloo on loopback) with DDP.
 
 Each rank draws its own data; after 300 steps with replacement every 100 steps the
 codebooks of both ranks must be bitwise identical, for AVQ, PVQ and RVQ; a 2-process
@@ -6,7 +6,6 @@ run stopped and resumed must end exactly like an uninterrupted one.
 """
 
 import os
-import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,16 +26,12 @@ def _config(method: str) -> TrainConfig:
                        save_every=100, eval_samples=1024, device="cpu")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _worker(rank: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+def _worker(rank: int, folder: str) -> None:
+    os.environ.update(GLOO_SOCKET_IFNAME="lo")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # a file rendezvous: no port to pick, so no race with other processes for one
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank,
+                            world_size=WORLD)
     try:
         results = {}
         for method in sorted(METHODS):
@@ -58,7 +53,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(folder),), nprocs=WORLD, join=True)
     results = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     return folder, results
 

@@ -1,4 +1,4 @@
-"""Tests of plot_training_logs.py on fresh logs of training.train, and on broken logs."""
+"""Tests of plot_training_logs.py on fresh logs of the training loop, and on broken logs."""
 
 import json
 import re
