@@ -70,7 +70,8 @@ def plot_panels(panels: dict[str, dict], stem: Path, label_key: str | None,
     fig = Figure(figsize=(4.5 * len(panels), 3.6))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (name, panel) in zip(axes, panels.items()):
-        x = [int(label.split()[0]) for label in _x_labels(panel)]
+        x = _x_values(panel)
+        ticks = set(x)
         for method in curve_names(panel):
             line, = ax.plot(x, panel[f"Mean ({method})"], marker="o", markersize=3,
                             label=method)
@@ -79,10 +80,10 @@ def plot_panels(panels: dict[str, dict], stem: Path, label_key: str | None,
                             alpha=0.2)
             if method in curve_names(published.get(name, {})):
                 reference = published[name]
-                ax.plot([int(label.split()[0]) for label in _x_labels(reference)],
-                        reference[f"Mean ({method})"], linestyle="--", color=line.get_color(),
-                        label=f"{method}, published")
-        _label_axes(ax, panel, label_key, title)
+                ticks |= set(_x_values(reference))
+                ax.plot(_x_values(reference), reference[f"Mean ({method})"], linestyle="--",
+                        color=line.get_color(), label=f"{method}, published")
+        _label_axes(ax, panel, label_key, title, sorted(ticks))
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize="small")
     fig.tight_layout()
@@ -98,20 +99,23 @@ def curve_names(panel: dict) -> list[str]:
     return [key[len("Mean ("):-1] for key in panel if key.startswith("Mean (")]
 
 
-def _x_labels(panel: dict) -> list[str]:
-    return panel["VQ Bitrate"] if "VQ Bitrate" in panel else panel["T"]
+def _x_values(panel: dict) -> list[int]:
+    """The x values of a panel: bitrates from "12 bits", ... or ranks T from "1", ..."""
+    labels = panel["VQ Bitrate"] if "VQ Bitrate" in panel else panel["T"]
+    return [int(label.split()[0]) for label in labels]
 
 
-def _label_axes(ax, panel: dict, label_key: str | None, title: str | None) -> None:
+def _label_axes(ax, panel: dict, label_key: str | None, title: str | None,
+                ticks: list[int]) -> None:
     if "T" in panel:
         ax.set(xlabel="T", ylabel="recall@T", xscale="log", ylim=(0, 1.02))
         ax.set_title(title or "")
         return
-    x = [int(label.split()[0]) for label in panel["VQ Bitrate"]]
     metric = panel["Metric"]
     if metric == "MSE":
         ax.set(ylabel="MSE (sum over dimensions)", yscale="log")
     else:
-        ax.set(ylabel=metric)
-    ax.set(xlabel="total bitrate (bits per vector)", xticks=x)
-    ax.set_title(f"{label_key}: {panel[label_key]}" if label_key else (title or metric))
+        ax.set(ylabel=f"{metric} (dB)" if metric == "Peak SNR" else metric)
+    ax.set(xlabel="total bitrate (bits per vector)", xticks=ticks)
+    ax.set_title(f"{label_key}: {panel[label_key]}" if label_key else
+                 f"{metric}, {title}" if title else metric)

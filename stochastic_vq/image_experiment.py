@@ -48,10 +48,8 @@ TITLES = {"ssim": "SSIM", "psnr": "Peak SNR"}
 class ImagePreset:
     """Sizes of one mode. seeds: runs per point; steps, batch_size, lr: Adam on the MSE;
     channels: the VQ-VAE's width; replace_every: codeword replacement period (never in
-    the last 2 x replace_every steps); init_images: images whose initial latents
-    initialise the codebooks (k-means, ``initialize_from_data``; 0: the paper's uniform
-    initialisation); bits: total bits per latent vector; test_images: test images scored
-    (0: all)."""
+    the last 2 x replace_every steps); bits: total bits per latent vector; test_images:
+    test images scored (0: all)."""
 
     seeds: int
     steps: int
@@ -59,7 +57,6 @@ class ImagePreset:
     lr: float
     channels: int
     replace_every: int
-    init_images: int
     bits: tuple[int, ...]
     test_images: int = 0
 
@@ -67,11 +64,11 @@ class ImagePreset:
 PRESETS = {
     # the paper: 15,000 batches, 10 runs per point; the VQ-VAE paper's CIFAR-10 model
     "full": ImagePreset(seeds=10, steps=15000, batch_size=128, lr=2e-4, channels=256,
-                        replace_every=1000, init_images=0, bits=PAPER_BITRATES),
+                        replace_every=1000, bits=PAPER_BITRATES),
     "quick": ImagePreset(seeds=2, steps=1500, batch_size=32, lr=1e-3, channels=64,
-                         replace_every=100, init_images=0, bits=(12, 16, 20, 24)),
+                         replace_every=100, bits=(12, 16, 20, 24)),
     "tiny": ImagePreset(seeds=2, steps=3, batch_size=4, lr=1e-3, channels=8,
-                        replace_every=1, init_images=0, bits=(8, 12), test_images=16),
+                        replace_every=1, bits=(8, 12), test_images=16),
 }
 
 
@@ -99,11 +96,6 @@ def train_vqvae(model: VQVAE, images: torch.Tensor, preset: ImagePreset,
     """
     quantizer = model.quantizer
     replaces = hasattr(quantizer, "replace_unused_codebooks")
-    if preset.init_images and hasattr(quantizer, "initialize_from_data"):
-        pick = torch.randint(len(images), (preset.init_images,), generator=generator)
-        with torch.no_grad():
-            quantizer.initialize_from_data(model.latents(to_unit(images[pick])),
-                                           generator=generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=preset.lr)
     model.train()
     start = time.perf_counter()

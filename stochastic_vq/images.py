@@ -85,6 +85,16 @@ def load_cifar10(directory: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     return train, read_cifar_batch(directory / CIFAR_TEST_FILE)
 
 
+def write_cifar10(directory: str | Path, train: torch.Tensor, test: torch.Tensor) -> None:
+    """Write uint8 images (N, 3, 32, 32) as a CIFAR-10 directory (python version): the
+    training images split over ``data_batch_1`` ... ``data_batch_5``, and ``test_batch``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, part in zip(CIFAR_TRAIN_FILES, train.tensor_split(len(CIFAR_TRAIN_FILES))):
+        write_cifar_batch(directory / name, part)
+    write_cifar_batch(directory / CIFAR_TEST_FILE, test)
+
+
 def write_cifar_batch(path: str | Path, images: torch.Tensor,
                       labels: list[int] | None = None) -> None:
     """Write uint8 images (N, 3, 32, 32) as a CIFAR-10 batch file (python version)."""
@@ -103,8 +113,8 @@ def photo_tiles() -> tuple[torch.Tensor, torch.Tensor]:
     Training tiles are cut every 8 pixels from the astronaut, rocket and motorcycle
     photographs, test tiles every 16 pixels from the coffee and cat (chelsea) ones.
     """
-    train = torch.cat([_tiles(_photo(name), TRAIN_STRIDE) for name in TRAIN_PHOTOS])
-    test = torch.cat([_tiles(_photo(name), TEST_STRIDE) for name in TEST_PHOTOS])
+    train = torch.cat([tiles(_photo(name), TRAIN_STRIDE) for name in TRAIN_PHOTOS])
+    test = torch.cat([tiles(_photo(name), TEST_STRIDE) for name in TEST_PHOTOS])
     return train, test
 
 
@@ -121,7 +131,7 @@ def _photo(name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1)
 
 
-def _tiles(image: torch.Tensor, stride: int) -> torch.Tensor:
+def tiles(image: torch.Tensor, stride: int) -> torch.Tensor:
     """All 32x32 tiles of a (3, H, W) image, every ``stride`` pixels: (N, 3, 32, 32)."""
     windows = image.unfold(1, SIDE, stride).unfold(2, SIDE, stride)  # (3, h, w, 32, 32)
     return windows.permute(1, 2, 0, 3, 4).reshape(-1, 3, SIDE, SIDE).contiguous()

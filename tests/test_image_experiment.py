@@ -54,8 +54,7 @@ def test_training_lowers_the_error_and_uses_the_codebooks():
     train, _ = image_experiment.load_images(None)
     test = train[:64]
     preset = image_experiment.ImagePreset(seeds=1, steps=60, batch_size=8, lr=2e-3,
-                                          channels=8, replace_every=20, init_images=0,
-                                          bits=(8,))
+                                          channels=8, replace_every=20, bits=(8,))
     torch.manual_seed(0)
     model = image_experiment.build_model("rvq", 8, preset.channels)
     before, _ = image_experiment.score_images(model, test)

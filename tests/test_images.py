@@ -17,10 +17,8 @@ def cifar_directory(path, train: int = 6, test: int = 5) -> tuple[torch.Tensor, 
                                  generator=generator)
     test_images = torch.randint(0, 256, (test, 3, 32, 32), dtype=torch.uint8,
                                 generator=generator)
-    path.mkdir(exist_ok=True)
-    for i, name in enumerate(images.CIFAR_TRAIN_FILES):
-        images.write_cifar_batch(path / name, train_images[i * train:(i + 1) * train])
-    images.write_cifar_batch(path / images.CIFAR_TEST_FILE, test_images)
+    images.write_cifar10(path, train_images, test_images)
+    assert len(images.read_cifar_batch(path / "data_batch_2")) == train  # split in five
     return train_images, test_images
 
 
