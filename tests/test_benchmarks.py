@@ -95,3 +95,14 @@ def test_compare_in_model_rows(tmp_path):
     assert {"library", "quantizer", "bits", "psnr", "ssim", "usage", "step_ms"} <= set(rows[0])
     assert all(row["bits"] == 8 and 0 < row["usage"] <= 1 and row["step_ms"] > 0
                and 0 < row["psnr"] < 100 for row in rows)
+
+
+def test_bench_optimizer_reset_compares_the_same_runs(capsys):
+    import bench_optimizer_reset
+
+    rows = bench_optimizer_reset.main(["--data", "ar1", "--methods", "rvq", "--seeds", "1",
+                                       "--steps", "40"])
+    assert [(row["data"], row["method"]) for row in rows] == [("ar1", "rvq")]
+    assert rows[0]["replaced"] > 0 and 0 < rows[0]["reset"] != rows[0]["inherited"]
+    line = capsys.readouterr().out.splitlines()[1].split()
+    assert line[:2] == ["ar1", "RVQ"] and line[4].endswith("%")
