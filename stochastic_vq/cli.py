@@ -77,6 +77,9 @@ def build_parser(method: str) -> argparse.ArgumentParser:
         help="absolute: --lr is Adam's step size (the paper); data: --lr is multiplied by the "
              "standard deviation of the training data (default: absolute on N(0, 1) data, "
              "data with --data)")
+    add("--reset-optimizer-state", action="store_true",
+        help="zero Adam's moments of replaced codewords instead of keeping the dead entries' "
+             "(no measurable difference; off by default)")
     add("--data", default=None, help="(N, D) float .npy file to train on, rows drawn with "
                                      "replacement (default: N(0, 1) samples)")
     add("--eval-data", default=None,
@@ -107,7 +110,7 @@ def config_from_args(method: str, args: argparse.Namespace) -> TrainConfig:
         log_every=args.log_every, save_every=args.save_every, eval_samples=args.eval_samples,
         seed=args.seed, device=args.device, out=args.out, init=args.init, data=args.data,
         eval_data=args.eval_data, resume=args.resume, threads=args.threads,
-        lr_scale=args.lr_scale)
+        lr_scale=args.lr_scale, reset_optimizer_state=args.reset_optimizer_state)
     if config.out is None:
         out = Path("output") / run_name(config)
         if not config.resume:  # a new folder: never overwrite an earlier run

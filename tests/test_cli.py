@@ -110,7 +110,7 @@ def test_help_explains_every_flag(capsys):
     for flag in ["--steps", "--batch-size", "--lr", "--dim", "--stages", "--bits",
                  "--beam-width", "--replace-every", "--discard-threshold", "--log-every",
                  "--save-every", "--eval-samples", "--seed", "--device", "--out", "--resume",
-                 "--init", "--data", "--eval-data", "--lr-scale"]:
+                 "--init", "--data", "--eval-data", "--lr-scale", "--reset-optimizer-state"]:
         assert flag in stdout
     assert "--stop-after" not in stdout
     assert "(default: 20000)" in stdout and "(default: 3)" in stdout  # the paper's

@@ -251,6 +251,29 @@ def test_replace_is_silent_without_verbose(kind, capsys):
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.parametrize("optimizer", [torch.optim.Adam, torch.optim.AdamW,
+                                       lambda params: torch.optim.SGD(params, lr=0.1,
+                                                                      momentum=0.9)])
+def test_replace_resets_the_optimizer_state_of_replaced_entries_only(kind, optimizer):
+    vq = make(kind)
+    opt = optimizer(vq.parameters())
+    out, _ = vq(torch.randn(16, D))
+    out.pow(2).sum().backward()
+    opt.step()
+    state = {name: value.clone() for name, value in opt.state[vq.codebooks].items()
+             if value.shape == vq.codebooks.shape}
+    assert state and all(value.abs().sum() > 0 for value in state.values())
+    usage = torch.zeros(M, K, dtype=torch.long)
+    usage[:, :K // 2] = 5  # the second half of every codebook is unused
+    set_usage(vq, usage)
+    vq.replace_unused_codebooks(5, verbose=False, optimizer=opt)
+    unused = (usage == 0).flatten()  # (M*K,) in the rows of a (M*K, d) view
+    for name, before in state.items():
+        after = opt.state[vq.codebooks][name].reshape(M * K, -1)
+        assert (after[unused] == 0).all(), name
+        assert torch.equal(after[~unused], before.reshape(M * K, -1)[~unused]), name
+
+
 def test_replace_keeps_the_parameter_object(kind):
     vq = make(kind)
     parameter = vq.codebooks
