@@ -19,7 +19,9 @@ training function of the Figure 4 experiment; only the quantizer differs:
 
 The commitment loss of vector-quantize-pytorch is added to the MSE, as its README does.
 Test images are scored as in Figure 4 (8-bit reconstructions, scikit-image PSNR and
-SSIM). One row per quantizer and bitrate: means over seeds, with the range over seeds.
+SSIM). Usage is the share of all codebook entries that the codes of 4096 training images
+use after training. One row per quantizer and bitrate: means over seeds, with the range
+over seeds.
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ def run(library: str, quantizer: str, bits: int, seed: int, images, preset) -> d
     psnr, ssim = image_experiment.score_images(model, test_images)
     return {"library": library, "quantizer": quantizer, "bits": bits, "seed": seed,
             "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
-            "usage": image_experiment.used_share(model, test_images), "step_ms": step_ms}
+            "usage": image_experiment.used_share(model, image_experiment.training_sample(
+                train_images)), "step_ms": step_ms}
 
 
 def summarise(runs: list[dict]) -> list[dict]:

@@ -40,6 +40,7 @@ from vq_vae import VQVAE
 LATENT_DIM = 64  # D of the paper's Figure 4 (its complexity panel 4c)
 LARGEST_BEAM = 16
 EVAL_BATCH = 256
+USAGE_IMAGES = 4096  # training images whose codes measure the codebook usage
 FILES = {"ssim": "SSIM_Fig4-a.json", "psnr": "PeakSNR_Fig4-b.json"}
 TITLES = {"ssim": "SSIM", "psnr": "Peak SNR"}
 
@@ -141,6 +142,12 @@ def used_share(model: VQVAE, images: torch.Tensor) -> float:
         codes = model.compress(to_unit(chunk)).reshape(-1, quantizer.num_stages)  # (n, M)
         used.scatter_(1, codes.t().cpu(), True)
     return float(used.float().mean())
+
+
+def training_sample(images: torch.Tensor, count: int = USAGE_IMAGES) -> torch.Tensor:
+    """``count`` training images drawn without replacement (the same ones every call)."""
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count]
+    return images[pick]
 
 
 def _channels_last(images: torch.Tensor) -> np.ndarray:
