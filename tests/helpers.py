@@ -1,5 +1,7 @@
 """Small configurations shared by the tests of the training stack."""
 
+import torch
+
 from stochastic_vq.config import TrainConfig
 
 
@@ -16,3 +18,14 @@ def without_times(log: dict) -> dict:
     skip = {"train_time", "eval_time", "wall_time", "quantizer", "config"}
     windows = [{k: v for k, v in w.items() if k != "time"} for w in log["windows"]]
     return {**{k: v for k, v in log.items() if k not in skip}, "windows": windows}
+
+
+def nsvq_step(vq, optimizer, x: torch.Tensor) -> torch.Tensor:
+    """One training step of a bare quantizer on x (N, D): NSVQ output, squared error,
+    backward and optimizer step. Returns the detached NSVQ output."""
+    out, _ = vq(x, train_mode=True)
+    loss = (x - out).pow(2).sum(dim=1).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return out.detach()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from additive_vq import AVQ
+from helpers import nsvq_step
 from product_vq import PVQ
 from residual_vq import RVQ
 from stochastic_vq import nsvq
@@ -597,13 +598,7 @@ def train_a_little(kind, seed):
     optimizer = torch.optim.Adam(vq.parameters(), lr=1e-2)
     outputs = []
     for step in range(4):
-        x = torch.randn(32, D)
-        out, _ = vq(x, train_mode=True)
-        loss = (x - out).pow(2).sum(dim=1).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        outputs.append(out.detach())
+        outputs.append(nsvq_step(vq, optimizer, torch.randn(32, D)))
         if step == 1:
             vq.replace_unused_codebooks(2, verbose=False)
     return outputs, vq.codebooks.detach().clone()

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from additive_vq import AVQ
+from helpers import nsvq_step
 from product_vq import PVQ
 from residual_vq import RVQ
 from stochastic_vq.usage import usage_limit
@@ -47,12 +48,7 @@ def train_alone(rank: int, process_group) -> torch.Tensor:
     generator = torch.Generator().manual_seed(20 + rank)
     for _ in range(REPLACEMENTS[rank]):
         for _ in range(3):
-            x = torch.randn(16, D)
-            out, _ = vq(x, train_mode=True)
-            loss = (x - out).pow(2).sum(dim=1).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            nsvq_step(vq, optimizer, torch.randn(16, D))
         vq.replace_unused_codebooks(3, verbose=False, generator=generator)
     return vq.codebooks.detach().clone()
 
