@@ -21,3 +21,9 @@ torch.set_num_threads(1)
 def _seed():
     """Every test starts from the same torch random state."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=["AVQ", "PVQ", "RVQ"])
+def kind(request):
+    """Each quantizer class in turn, by name (see helpers.FACTORIES)."""
+    return request.param

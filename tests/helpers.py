@@ -2,7 +2,12 @@
 
 import torch
 
+from additive_vq import AVQ
+from product_vq import PVQ
+from residual_vq import RVQ
 from stochastic_vq.config import TrainConfig
+
+# the quantizers' shared test configuration: M codebooks of K entries, dimension D
 
 
 def tiny(method: str, **overrides) -> TrainConfig:
@@ -29,3 +34,44 @@ def nsvq_step(vq, optimizer, x: torch.Tensor) -> torch.Tensor:
     loss.backward()
     optimizer.step()
     return out.detach()
+
+
+M, BITS, D = 3, 3, 12
+K = 2**BITS
+
+FACTORIES = {
+    "AVQ": lambda **kw: AVQ(M, BITS, D, 4, **kw),
+    "PVQ": lambda **kw: PVQ(M, BITS, D, **kw),
+    "RVQ": lambda **kw: RVQ(M, BITS, D, **kw),
+}
+CLASSES = {"AVQ": AVQ, "PVQ": PVQ, "RVQ": RVQ}
+
+
+def make(kind, random_codebooks=True, **kwargs):
+    """A quantizer of the shared test configuration, optionally with N(0, 1) codebooks."""
+    vq = FACTORIES[kind](**kwargs)
+    if random_codebooks:
+        with torch.no_grad():
+            vq.codebooks.copy_(torch.randn(vq.codebooks.shape))
+    return vq
+
+
+def stage_rows(vq, stage):
+    """Codebook ``stage`` of any quantizer as a (K, d) tensor."""
+    if isinstance(vq, AVQ):
+        return vq.codebooks.detach()[stage * vq.num_codebooks:(stage + 1) * vq.num_codebooks]
+    return vq.codebooks.detach()[stage]
+
+
+def used_mask(vq, codes):
+    """(M, K) bool: which codewords the codes (N, M) use."""
+    mask = torch.zeros(vq.num_stages, vq.num_codebooks, dtype=torch.bool)
+    for stage in range(vq.num_stages):
+        mask[stage, codes[:, stage]] = True
+    return mask
+
+
+def set_usage(vq, usage) -> None:
+    """Overwrite the usage counters of ``vq`` with ``usage`` (M, K)."""
+    with torch.no_grad():
+        vq.codebook_usage.copy_(torch.as_tensor(usage))
