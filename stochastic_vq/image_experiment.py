@@ -66,7 +66,7 @@ PRESETS = {
     # the paper: 15,000 batches, 10 runs per point; the VQ-VAE paper's CIFAR-10 model
     "full": ImagePreset(seeds=10, steps=15000, batch_size=128, lr=2e-4, channels=256,
                         replace_every=1000, bits=PAPER_BITRATES),
-    "quick": ImagePreset(seeds=2, steps=1500, batch_size=32, lr=1e-3, channels=64,
+    "quick": ImagePreset(seeds=2, steps=2000, batch_size=32, lr=1e-3, channels=64,
                          replace_every=100, bits=(12, 16, 20, 24)),
     "tiny": ImagePreset(seeds=2, steps=3, batch_size=4, lr=1e-3, channels=8,
                         replace_every=1, bits=(8, 12), test_images=16),
