@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from complexity import AVQ_Complexity, PVQ_Complexity, RVQ_Complexity
+from stochastic_vq import __version__
 from stochastic_vq.methods import METHODS as METHOD_KEYS
 from stochastic_vq.methods import PAPER_BITRATES, PAPER_STAGES, build_quantizer, label
 
@@ -125,8 +126,12 @@ def write_paper_figures(out_dir: Path, single_precision: bool, all_stages: bool)
     figures = {
         name: paper_figure(dim, beam, **model) for name, (_, dim, beam) in PAPER_FIGURES.items()
     }
+    settings = {"model": "the paper's operation counts (complexity.py)",
+                "precision": "single" if single_precision else "double",
+                "count_all_stages": all_stages, "library_version": __version__}
     for name, figure in figures.items():
-        (out_dir / f"{name}.json").write_text(json.dumps(figure, indent=1) + "\n")
+        record = {**figure, "Settings": settings}
+        (out_dir / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
     plot_figures(figures, out_dir, all_stages)
     return figures
 

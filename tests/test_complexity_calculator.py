@@ -9,6 +9,7 @@ import pytest
 
 from complexity import AVQ_Complexity, PVQ_Complexity, RVQ_Complexity
 from complexity_calculator import main
+from stochastic_vq import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +85,10 @@ def test_paper_figures(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 1000
     for name, dim, max_beam in [("Complexity_Fig4-c", 64, 16), ("Complexity_Fig6-b", 128, 64)]:
         figure = json.loads((tmp_path / f"{name}.json").read_text())
-        assert set(figure) == {"Metric", "VQ Bitrate", "AVQ", "RVQ", "PVQ"}
+        assert set(figure) == {"Metric", "VQ Bitrate", "AVQ", "RVQ", "PVQ", "Settings"}
+        assert figure["Settings"]["precision"] == "single"
+        assert figure["Settings"]["count_all_stages"] is False
+        assert figure["Settings"]["library_version"] == __version__
         assert figure["Metric"] == "Complexity (log10 WMOPS)"
         assert figure["VQ Bitrate"] == [f"{bits} bits" for bits in range(12, 41, 4)]
         for i, bits in enumerate(range(12, 41, 4)):
