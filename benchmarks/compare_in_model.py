@@ -1,13 +1,14 @@
 """The same VQ-VAE with only its bottleneck swapped: this library's NSVQ quantizers against
 vector-quantize-pytorch's straight-through / EMA layers, at equal bits per latent vector.
 
-    python benchmarks/compare_in_model.py --bits 16 32 --steps 1500 --seeds 2
+    python benchmarks/compare_in_model.py --bits 16 32 --seeds 2
     python benchmarks/compare_in_model.py --data ~/data/cifar-10-batches-py --bits 16 32
-    python benchmarks/compare_in_model.py --bits 16 --steps 1500 --json rows.json
+    python benchmarks/compare_in_model.py --bits 16 --steps 500 --json rows.json
 
-Every run trains ``vq_vae.VQVAE`` (the quick mode of ``reproduce.py fig4``: 64 channels,
-batch 32, Adam 1e-3 on the MSE for the whole model, M = 4 codebooks, D = 64) with the
-training function of the Figure 4 experiment; only the quantizer differs:
+Every run trains ``vq_vae.VQVAE`` with the settings of ``reproduce.py fig4 --quick`` (64
+channels, batch 32, 2000 steps of Adam on the MSE for the whole model at 1e-3, falling
+linearly to 0 over the last quarter; M = 4 codebooks, D = 64) and the training function
+of the Figure 4 experiment; only the quantizer differs:
 
 - this library: AVQ (beam min(K, 16)), RVQ and PVQ trained by NSVQ, unused codewords
   replaced every ``--replace-every`` steps (never in the last 2 x that many);
