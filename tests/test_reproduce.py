@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ import torch
 from stochastic_vq import __version__, ann_experiment, data, mse_experiment, reproduce
 from stochastic_vq.ann import exact_search, write_vecs
 from stochastic_vq.figures import SETTINGS_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _check_settings(panel: dict, mode: str, steps: int, seeds: int) -> None:
@@ -143,3 +146,14 @@ def test_bad_command_line_is_rejected_early(argv, message, capsys):
     with pytest.raises(SystemExit):
         reproduce.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_every_committed_result_records_what_produced_it():
+    """Each JSON in Results/ says the mode (or model), sizes and the library version."""
+    results = sorted((ROOT / "Results").glob("*.json"))
+    assert len(results) >= 10
+    for path in results:
+        settings = json.loads(path.read_text())[SETTINGS_KEY]
+        assert settings["library_version"] == __version__, path.name
+        if not path.name.startswith("Complexity"):
+            assert {"mode", "steps", "seeds"} <= set(settings), path.name
