@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--test-images", type=int, default=0,
                         help="score only the first N test images (default: all)")
+    parser.add_argument("--decoder-finish", type=float, default=0.0, metavar="SHARE",
+                        help="this library's rows: train the decoder alone on hard-quantized "
+                             "latents over this share of the steps at the end (default: 0)")
     parser.add_argument("--only", choices=["this", "vector-quantize-pytorch"], default=None,
                         help="run one library's rows only")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -165,6 +168,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     bad = [bits for bits in args.bits if bits < PAPER_STAGES or bits % PAPER_STAGES]
     if bad:
         parser.error(f"--bits must be positive multiples of {PAPER_STAGES}, got {bad}")
+    if not 0 <= args.decoder_finish < 1:
+        parser.error(f"--decoder-finish must be in [0, 1), got {args.decoder_finish}")
     torch.set_num_threads(args.threads)
     preset = replace(image_experiment.PRESETS["quick"], steps=args.steps,
                      batch_size=args.batch_size, channels=args.channels, lr=args.lr,
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     images = image_experiment.load_images(args.data)
     if args.test_images:
         images = (images[0], images[1][:args.test_images])
+    ours = replace(preset, decoder_finish=args.decoder_finish)
     configurations = [("this", method) for method in METHODS]
     if args.only != "this":
         try:
@@ -185,14 +191,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"data: {args.data or 'scikit-image photo tiles'}, train {len(images[0])}, test "
           f"{len(images[1])} images; {args.steps} steps of {args.batch_size}, "
           f"{args.channels} channels, Adam {args.lr}, {args.seeds} seeds, "
-          f"{torch.get_num_threads()} thread(s)")
+          f"{torch.get_num_threads()} thread(s)"
+          + (f"; decoder finish {args.decoder_finish:g}" if args.decoder_finish else ""))
     print(f"{'bits':>4}  {'library':<23} {'quantizer':<34} {'PSNR dB (range)':>20}  "
           f"{'SSIM':>6}  {'usage':>7}  {'ms/step':>6}", flush=True)
     table = []
     start = time.perf_counter()
     for bits in args.bits:
         for library, quantizer in configurations:
-            runs = [run(library, quantizer, bits, seed, images, preset)
+            runs = [run(library, quantizer, bits, seed, images,
+                        ours if library == "this" else preset)
                     for seed in range(args.seeds)]
             row = summarise(runs)[0]
             row["runs"] = runs

@@ -51,7 +51,9 @@ class ImagePreset:
     channels: the VQ-VAE's width; replace_every: codeword replacement period (never in
     the last 2 x replace_every steps); bits: total bits per latent vector; test_images:
     test images scored (0: all); decay: the share of the steps at the end over which the
-    learning rate falls linearly to 0 (0: constant)."""
+    learning rate falls linearly to 0 (0: constant); decoder_finish: the share of the
+    steps at the end in which only the decoder trains, on hard-quantized latents (0: none;
+    for this library's quantizers)."""
 
     seeds: int
     steps: int
@@ -62,6 +64,7 @@ class ImagePreset:
     bits: tuple[int, ...]
     test_images: int = 0
     decay: float = 0.0
+    decoder_finish: float = 0.0
 
 
 PRESETS = {
@@ -97,10 +100,13 @@ def train_vqvae(model: VQVAE, images: torch.Tensor, preset: ImagePreset,
 
     Batches are drawn with replacement from ``generator``. ``extra_loss()``, when given,
     is added to each step's loss (a commitment loss of another quantizer layer). The
-    codebooks are replaced when the quantizer has ``replace_unused_codebooks``.
+    codebooks are replaced when the quantizer has ``replace_unused_codebooks``; with
+    ``preset.decoder_finish``, the last steps train the decoder alone on its hard output.
     """
     quantizer = model.quantizer
     replaces = hasattr(quantizer, "replace_unused_codebooks")
+    hard_from = preset.steps - round(preset.decoder_finish * preset.steps) if replaces \
+        else preset.steps
     optimizer = torch.optim.Adam(model.parameters(), lr=preset.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_lr_factor, preset))
     model.train()
@@ -108,7 +114,10 @@ def train_vqvae(model: VQVAE, images: torch.Tensor, preset: ImagePreset,
     for step in range(1, preset.steps + 1):
         batch = to_unit(images[torch.randint(len(images), (preset.batch_size,),
                                              generator=generator)])  # (B, 3, 32, 32)
-        reconstruction, _ = model(batch)
+        if step > hard_from:
+            reconstruction = _hard_reconstruction(model, batch)
+        else:
+            reconstruction, _ = model(batch)
         loss = F.mse_loss(reconstruction, batch)
         if extra_loss is not None:
             loss = loss + extra_loss()
@@ -116,10 +125,19 @@ def train_vqvae(model: VQVAE, images: torch.Tensor, preset: ImagePreset,
         loss.backward()
         optimizer.step()
         schedule.step()
-        if replaces and replaces_at(step, preset.steps, preset.replace_every):
+        if replaces and step <= hard_from and replaces_at(step, preset.steps,
+                                                          preset.replace_every):
             quantizer.replace_unused_codebooks(preset.replace_every, verbose=False,
                                                generator=generator)
     return (time.perf_counter() - start) / preset.steps * 1e3
+
+
+def _hard_reconstruction(model: VQVAE, images: torch.Tensor) -> torch.Tensor:
+    """Reconstruction of ``images`` from hard-quantized latents, differentiable in the
+    decoder only (what the decoder sees in eval mode)."""
+    with torch.no_grad():
+        quantized, _ = model.quantizer(model.latents(images), train_mode=False)  # (B, h, w, D)
+    return model.reconstruct(quantized)
 
 
 def _lr_factor(preset: ImagePreset, step: int) -> float:

@@ -97,6 +97,15 @@ def test_compare_in_model_rows(tmp_path):
                and 0 < row["psnr"] < 100 for row in rows)
 
 
+@pytest.mark.parametrize("share", ["-0.1", "1"])
+def test_compare_in_model_refuses_a_decoder_finish_outside_0_1(share, capsys):
+    import compare_in_model
+
+    with pytest.raises(SystemExit):
+        compare_in_model.main(["--decoder-finish", share])
+    assert "--decoder-finish must be in [0, 1)" in capsys.readouterr().err
+
+
 def test_bench_optimizer_reset_compares_the_same_runs(capsys):
     import bench_optimizer_reset
 

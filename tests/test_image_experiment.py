@@ -74,3 +74,43 @@ def test_learning_rate_falls_linearly_over_the_decay_share():
                                                                             factors[81:]))
     constant = image_experiment.ImagePreset(**{**preset.__dict__, "decay": 0.0})
     assert all(image_experiment._lr_factor(constant, step) == 1.0 for step in range(100))
+
+
+def test_decoder_finish_trains_only_the_decoder_on_hard_latents():
+    """In the finishing steps the encoder, the codebooks and the usage counters stay as
+    they were after the other steps, while the decoder learns."""
+    train, _ = image_experiment.load_images(None)
+    preset = image_experiment.ImagePreset(seeds=1, steps=10, batch_size=4, lr=1e-2,
+                                          channels=8, replace_every=100, bits=(8,),
+                                          decoder_finish=0.5)
+    first_half = image_experiment.ImagePreset(**{**preset.__dict__, "steps": 5,
+                                                 "decoder_finish": 0.0})
+    models = []
+    for setting in (preset, first_half):
+        torch.manual_seed(0)
+        models.append(image_experiment.build_model("rvq", 8, setting.channels))
+        image_experiment.train_vqvae(models[-1], train, setting,
+                                     torch.Generator().manual_seed(0))
+    finished, reference = models
+    assert torch.equal(finished.quantizer.codebooks, reference.quantizer.codebooks)
+    assert torch.equal(finished.quantizer.codebook_usage, reference.quantizer.codebook_usage)
+    for a, b in zip(finished.encoder.parameters(), reference.encoder.parameters()):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(finished.decoder.parameters(),
+                                                     reference.decoder.parameters()))
+
+
+def test_no_codeword_is_replaced_while_the_decoder_finishes():
+    """Eval-mode calls count no usage, so a replacement then would see every codeword
+    unused: the finishing steps replace nothing."""
+    train, _ = image_experiment.load_images(None)
+    preset = image_experiment.ImagePreset(seeds=1, steps=10, batch_size=4, lr=1e-2,
+                                          channels=8, replace_every=1, bits=(8,),
+                                          decoder_finish=0.5)
+    torch.manual_seed(0)
+    model = image_experiment.build_model("rvq", 8, preset.channels)
+    calls = []
+    replace = model.quantizer.replace_unused_codebooks
+    model.quantizer.replace_unused_codebooks = lambda *a, **k: calls.append(1) or replace(*a, **k)
+    image_experiment.train_vqvae(model, train, preset, torch.Generator().manual_seed(0))
+    assert len(calls) == 5  # steps 1..5; without the finish, steps 1..8
