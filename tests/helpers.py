@@ -1,11 +1,15 @@
 """Small configurations shared by the tests of the training stack."""
 
+from pathlib import Path
+
 import torch
 
 from additive_vq import AVQ
 from product_vq import PVQ
 from residual_vq import RVQ
 from stochastic_vq.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
 # the quantizers' shared test configuration: M codebooks of K entries, dimension D
 

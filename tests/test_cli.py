@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import ROOT
 from stochastic_vq import cli
 from stochastic_vq.methods import METHODS, build_quantizer
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"avq": "train_additive_vq.py", "pvq": "train_product_vq.py",
            "rvq": "train_residual_vq.py"}
 TINY_FLAGS = ["--dim", "8", "--stages", "2", "--bits", "3", "--batch-size", "16",

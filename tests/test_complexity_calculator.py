@@ -3,15 +3,13 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from complexity import AVQ_Complexity, PVQ_Complexity, RVQ_Complexity
 from complexity_calculator import main
+from helpers import ROOT
 from stochastic_vq import __version__
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_json(capsys, *argv: str) -> dict:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ROOT
+
 tomllib = pytest.importorskip("tomllib")  # Python 3.11
-ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 TOP_LEVEL = PYPROJECT["tool"]["setuptools"]["py-modules"]
 SMOKE = """

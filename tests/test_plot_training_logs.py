@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 import plot_training_logs
+from helpers import ROOT
 from stochastic_vq.loop import TrainConfig, train
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(folder: Path, method: str) -> Path:

@@ -2,17 +2,15 @@
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import ROOT
 from stochastic_vq import __version__, ann_experiment, data, mse_experiment, reproduce
 from stochastic_vq.ann import exact_search, write_vecs
 from stochastic_vq.figures import SETTINGS_KEY
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _check_settings(panel: dict, mode: str, steps: int, seeds: int) -> None:

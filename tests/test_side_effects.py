@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import ROOT
 from stochastic_vq import loop
 from stochastic_vq.config import TrainConfig
 from stochastic_vq.loop import train
 from stochastic_vq.runfiles import atomic_write, write_json
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny(**overrides) -> TrainConfig:
