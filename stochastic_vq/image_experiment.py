@@ -105,8 +105,8 @@ def train_vqvae(model: VQVAE, images: torch.Tensor, preset: ImagePreset,
     """
     quantizer = model.quantizer
     replaces = hasattr(quantizer, "replace_unused_codebooks")
-    hard_from = preset.steps - round(preset.decoder_finish * preset.steps) if replaces \
-        else preset.steps
+    finishing = round(preset.decoder_finish * preset.steps) if replaces else 0
+    hard_from = preset.steps - finishing  # later steps train the decoder alone
     optimizer = torch.optim.Adam(model.parameters(), lr=preset.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_lr_factor, preset))
     model.train()
