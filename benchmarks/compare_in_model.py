@@ -23,6 +23,10 @@ Test images are scored as in Figure 4 (8-bit reconstructions, scikit-image PSNR 
 SSIM). Usage is the share of all codebook entries that the codes of 4096 training images
 use after training. One row per quantizer and bitrate: means over seeds, with the range
 over seeds.
+
+``--diagnose`` adds the test PSNR of each trained model with its decoder fed the
+unquantized latents (what the quantization costs) and, for this library's rows, the NSVQ
+latents of training (unquantized latents plus noise of the quantization error's norm).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import statistics
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -42,11 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stochastic_vq import image_experiment  # noqa: E402
 from stochastic_vq.methods import METHODS, PAPER_STAGES  # noqa: E402
+from stochastic_vq.nsvq import noise_substitution  # noqa: E402
 from vq_vae import VQVAE  # noqa: E402
 
 THEIRS = ("ResidualVQ", "ResidualVQ kmeans+expiry", "VectorQuantize heads",
           "VectorQuantize heads kmeans+expiry")
 DEAD_CODE_THRESHOLD = 2  # the value of vector-quantize-pytorch's README example
+DIAGNOSED = ("psnr", "ssim", "usage", "step_ms", "psnr_unquantized", "psnr_nsvq")
 
 
 class TheirLayer(nn.Module):
@@ -85,8 +92,10 @@ class TheirLayer(nn.Module):
         return codes.reshape(*x.shape[:-1], self.num_stages)
 
 
-def run(library: str, quantizer: str, bits: int, seed: int, images, preset) -> dict:
-    """Train one VQ-VAE and score it: a row with PSNR, SSIM, usage and ms per step."""
+def run(library: str, quantizer: str, bits: int, seed: int, images, preset,
+        diagnose: bool = False) -> dict:
+    """Train one VQ-VAE and score it: a row with PSNR, SSIM, usage and ms per step
+    (with ``diagnose``, also the PSNR from unquantized and from NSVQ latents)."""
     train_images, test_images = images
     torch.manual_seed(seed)
     if library == "this":
@@ -99,10 +108,29 @@ def run(library: str, quantizer: str, bits: int, seed: int, images, preset) -> d
     step_ms = image_experiment.train_vqvae(model, train_images, preset,
                                            torch.Generator().manual_seed(seed), extra_loss)
     psnr, ssim = image_experiment.score_images(model, test_images)
-    return {"library": library, "quantizer": quantizer, "bits": bits, "seed": seed,
-            "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
-            "usage": image_experiment.used_share(model, image_experiment.training_sample(
-                train_images)), "step_ms": step_ms}
+    row = {"library": library, "quantizer": quantizer, "bits": bits, "seed": seed,
+           "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
+           "usage": image_experiment.used_share(model, image_experiment.training_sample(
+               train_images)), "step_ms": step_ms}
+    if diagnose:
+        row.update(diagnosis(model, test_images, nsvq=library == "this"))
+    return row
+
+
+def diagnosis(model: VQVAE, test_images: torch.Tensor, nsvq: bool) -> dict:
+    """Mean test PSNR with the decoder fed the unquantized latents and, when ``nsvq``,
+    the NSVQ latents (noise drawn from seed 0)."""
+    score = partial(image_experiment.score_images, model, test_images)
+    found = {"psnr_unquantized": float(score(lambda latents: latents)[0].mean())}
+    if nsvq:
+        def noisy(latents: torch.Tensor) -> torch.Tensor:
+            hard, _ = model.quantizer(latents, train_mode=False)
+            return noise_substitution(latents, hard)
+
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            found["psnr_nsvq"] = float(score(noisy)[0].mean())
+    return found
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -113,7 +141,7 @@ def summarise(runs: list[dict]) -> list[dict]:
     table = []
     for (library, quantizer, bits), group in rows.items():
         row = {"library": library, "quantizer": quantizer, "bits": bits}
-        for key in ("psnr", "ssim", "usage", "step_ms"):
+        for key in [key for key in DIAGNOSED if key in group[0]]:
             values = [r[key] for r in group]
             row[key] = statistics.fmean(values)
             row[f"{key}_range"] = [min(values), max(values)]
@@ -125,9 +153,11 @@ def summarise(runs: list[dict]) -> list[dict]:
 def print_row(row: dict) -> None:
     name = "this library" if row["library"] == "this" else row["library"]
     low, high = row["psnr_range"]
+    diagnosed = "".join(f"  {row[key]:6.2f}" if key in row else f"  {'-':>6}"
+                        for key in DIAGNOSED[4:]) if "psnr_unquantized" in row else ""
     print(f"{row['bits']:>4}  {name:<23} {row['quantizer']:<34} {row['psnr']:6.2f} "
           f"({low:5.2f}-{high:5.2f})  {row['ssim']:6.4f}  {100 * row['usage']:5.1f} %  "
-          f"{row['step_ms']:6.1f}", flush=True)
+          f"{row['step_ms']:6.1f}{diagnosed}", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "latents over this share of the steps at the end (default: 0)")
     parser.add_argument("--only", choices=["this", "vector-quantize-pytorch"], default=None,
                         help="run one library's rows only")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="also score each model with its decoder fed the unquantized "
+                             "latents and (this library) the NSVQ latents")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     return parser
 
@@ -194,13 +227,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"{torch.get_num_threads()} thread(s)"
           + (f"; decoder finish {args.decoder_finish:g}" if args.decoder_finish else ""))
     print(f"{'bits':>4}  {'library':<23} {'quantizer':<34} {'PSNR dB (range)':>20}  "
-          f"{'SSIM':>6}  {'usage':>7}  {'ms/step':>6}", flush=True)
+          f"{'SSIM':>6}  {'usage':>7}  {'ms/step':>6}"
+          + (f"  {'unq dB':>6}  {'NSVQ dB':>6}" if args.diagnose else ""), flush=True)
     table = []
     start = time.perf_counter()
     for bits in args.bits:
         for library, quantizer in configurations:
             runs = [run(library, quantizer, bits, seed, images,
-                        ours if library == "this" else preset)
+                        ours if library == "this" else preset, args.diagnose)
                     for seed in range(args.seeds)]
             row = summarise(runs)[0]
             row["runs"] = runs

@@ -148,14 +148,23 @@ def _lr_factor(preset: ImagePreset, step: int) -> float:
 
 
 @torch.no_grad()
-def score_images(model: VQVAE, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image (PSNR in dB, SSIM) of the eval-mode reconstructions of uint8 ``images``."""
+def score_images(model: VQVAE, images: torch.Tensor,
+                 bottleneck: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image (PSNR in dB, SSIM) of the eval-mode reconstructions of uint8 ``images``.
+
+    ``bottleneck``, when given, replaces the quantizer: the decoder draws the images from
+    ``bottleneck(latents)``, latents (B, h, w, D) (a diagnosis of what the quantizer costs).
+    """
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     model.eval()
     psnr, ssim = [], []
     for chunk in images.split(EVAL_BATCH):
-        reconstruction, _ = model(to_unit(chunk))
+        if bottleneck is None:
+            reconstruction, _ = model(to_unit(chunk))
+        else:
+            reconstruction = model.reconstruct(bottleneck(model.latents(to_unit(chunk))))
         decoded = reconstruction.clamp(0, 1).mul(255).round().to(torch.uint8)
         for original, image in zip(_channels_last(chunk), _channels_last(decoded)):
             psnr.append(peak_signal_noise_ratio(original, image, data_range=255))

@@ -97,6 +97,33 @@ def test_compare_in_model_rows(tmp_path):
                and 0 < row["psnr"] < 100 for row in rows)
 
 
+def test_compare_in_model_diagnosis_scores_other_latents(capsys):
+    pytest.importorskip("skimage")
+    import compare_in_model
+
+    table = compare_in_model.main(["--bits", "8", "--steps", "2", "--seeds", "2",
+                                   "--channels", "4", "--batch-size", "2", "--test-images",
+                                   "8", "--only", "this", "--diagnose"])
+    out = capsys.readouterr().out
+    assert "unq dB" in out.splitlines()[1]
+    for row in table:
+        for key in ("psnr_unquantized", "psnr_nsvq"):
+            assert 0 < row[key] < 100
+            assert row[key] == pytest.approx(sum(r[key] for r in row["runs"]) / 2)
+        assert row["psnr_nsvq"] != row["psnr"]
+
+
+def test_compare_in_model_diagnosis_of_their_rows_has_no_nsvq_latents():
+    pytest.importorskip("skimage")
+    pytest.importorskip("vector_quantize_pytorch")
+    import compare_in_model
+
+    table = compare_in_model.main(["--bits", "8", "--steps", "2", "--seeds", "1",
+                                   "--channels", "4", "--batch-size", "2", "--test-images",
+                                   "8", "--only", "vector-quantize-pytorch", "--diagnose"])
+    assert all("psnr_unquantized" in row and "psnr_nsvq" not in row for row in table)
+
+
 @pytest.mark.parametrize("share", ["-0.1", "1"])
 def test_compare_in_model_refuses_a_decoder_finish_outside_0_1(share, capsys):
     import compare_in_model

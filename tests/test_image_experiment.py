@@ -50,6 +50,24 @@ def test_scores_are_scikit_images_metrics_of_the_8_bit_reconstruction():
     assert ssim[1] == structural_similarity(original, image, data_range=255, channel_axis=-1)
 
 
+def test_a_bottleneck_replaces_the_quantizer_in_the_scores():
+    from skimage.metrics import peak_signal_noise_ratio
+
+    model = image_experiment.build_model("rvq", 8, channels=4)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    hard, _ = image_experiment.score_images(
+        model, images, lambda latents: model.quantizer(latents, train_mode=False)[0])
+    assert hard.tolist() == image_experiment.score_images(model, images)[0].tolist()
+    unquantized, _ = image_experiment.score_images(model, images, lambda latents: latents)
+    with torch.no_grad():
+        drawn = model.reconstruct(model.latents(image_experiment.to_unit(images)))
+    decoded = drawn.clamp(0, 1).mul(255).round().to(torch.uint8)
+    assert unquantized[2] == peak_signal_noise_ratio(
+        images[2].permute(1, 2, 0).numpy(), decoded[2].permute(1, 2, 0).numpy(),
+        data_range=255)
+    assert unquantized.tolist() != hard.tolist()
+
+
 def test_training_lowers_the_error_and_uses_the_codebooks():
     train, _ = image_experiment.load_images(None)
     test = train[:64]
