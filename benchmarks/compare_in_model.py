@@ -53,7 +53,8 @@ from vq_vae import VQVAE  # noqa: E402
 THEIRS = ("ResidualVQ", "ResidualVQ kmeans+expiry", "VectorQuantize heads",
           "VectorQuantize heads kmeans+expiry")
 DEAD_CODE_THRESHOLD = 2  # the value of vector-quantize-pytorch's README example
-DIAGNOSED = ("psnr", "ssim", "usage", "step_ms", "psnr_unquantized", "psnr_nsvq")
+SCORES = ("psnr", "ssim", "usage", "step_ms")  # of every run
+DIAGNOSES = ("psnr_unquantized", "psnr_nsvq")  # of a run with --diagnose (NSVQ: ours only)
 
 
 class TheirLayer(nn.Module):
@@ -141,7 +142,7 @@ def summarise(runs: list[dict]) -> list[dict]:
     table = []
     for (library, quantizer, bits), group in rows.items():
         row = {"library": library, "quantizer": quantizer, "bits": bits}
-        for key in [key for key in DIAGNOSED if key in group[0]]:
+        for key in [key for key in SCORES + DIAGNOSES if key in group[0]]:
             values = [r[key] for r in group]
             row[key] = statistics.fmean(values)
             row[f"{key}_range"] = [min(values), max(values)]
@@ -154,7 +155,7 @@ def print_row(row: dict) -> None:
     name = "this library" if row["library"] == "this" else row["library"]
     low, high = row["psnr_range"]
     diagnosed = "".join(f"  {row[key]:6.2f}" if key in row else f"  {'-':>6}"
-                        for key in DIAGNOSED[4:]) if "psnr_unquantized" in row else ""
+                        for key in DIAGNOSES) if DIAGNOSES[0] in row else ""
     print(f"{row['bits']:>4}  {name:<23} {row['quantizer']:<34} {row['psnr']:6.2f} "
           f"({low:5.2f}-{high:5.2f})  {row['ssim']:6.4f}  {100 * row['usage']:5.1f} %  "
           f"{row['step_ms']:6.1f}{diagnosed}", flush=True)
