@@ -1,4 +1,5 @@
-"""Additive vector quantization (AVQ) trained with NSVQ, with an exact table-lookup beam search.
+"""Additive vector quantization (AVQ) trained with NSVQ or DiVeQ, by an exact table-lookup
+beam search.
 
 A vector is approximated by the sum of M codewords, one from each of M codebooks, chosen
 in any order by a beam search: the ``beam_width`` best partial tuples are extended by the
@@ -24,14 +25,9 @@ import math
 
 import torch
 
-from stochastic_vq.nsvq import (
-    CPU,
-    DEFAULT_GROUP,
-    DEFAULT_REPLACEMENT_NOISE,
-    VectorQuantizer,
-    check_int,
-)
-from stochastic_vq.usage import replace_rows
+from stochastic_vq_core.quantizer import CPU, VectorQuantizer
+from stochastic_vq_core.rules import check_int
+from stochastic_vq_core.usage import replace_rows
 
 _HUGE = 1e30  # stands in for a non-finite distance; a sum of M of them stays finite
 _MIN_GROUP = 16  # smaller groups do not repay the extra steps of ``k_smallest``
@@ -50,11 +46,9 @@ class AVQ(VectorQuantizer):
         discard_threshold: usage fraction below which ``replace_unused_codebooks``
             replaces a codeword (decided over the whole M*K table, as the original).
         device: where the codebooks live.
-        check_finite: reject NaN/Inf input (one host sync per call; turn off for speed).
-        replacement_noise: noise of a replaced codeword, relative to the codewords' RMS.
-        process_group: over which processes ``replace_unused_codebooks`` synchronises:
-            "default" (the default group under torch.distributed, as DDP), None (no
-            synchronisation) or a torch.distributed.ProcessGroup.
+        **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
+            ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
+            or "diveq") and ``diveq_noise``.
 
     The trainable parameter ``codebooks`` has shape (M*K, D); codebook m owns rows
     ``m*K ... (m+1)*K - 1``.
@@ -62,15 +56,19 @@ class AVQ(VectorQuantizer):
 
     def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
                  beam_width: int, discard_threshold: float = 0.01,
-                 device=CPU, *, check_finite: bool = True,
-                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE,
-                 process_group=DEFAULT_GROUP):
+                 device=CPU, **options):
         super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold, device,
-                         check_finite=check_finite, replacement_noise=replacement_noise,
-                         process_group=process_group)
+                         **options)
         self.beam_width = check_int("beam_width", beam_width)
         self.codebooks = self._uniform_codebooks(
             (num_stages * self.codebook_size, data_dim), device)
+
+    @classmethod
+    def build(cls, num_stages, vq_bitrate_per_stage, data_dim, *, beam_width=None, **options):
+        """An AVQ from the shared settings; ``beam_width`` is required."""
+        if beam_width is None:
+            raise TypeError("AVQ needs a beam_width")
+        return cls(num_stages, vq_bitrate_per_stage, data_dim, beam_width, **options)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, beam_width={self.beam_width}"

@@ -16,16 +16,24 @@ import statistics
 import time
 from pathlib import Path
 
-from complexity import AVQ_Complexity, PVQ_Complexity, RVQ_Complexity
-from stochastic_vq import __version__
-from stochastic_vq.methods import METHODS as METHOD_KEYS
-from stochastic_vq.methods import PAPER_BITRATES, PAPER_STAGES, build_quantizer, label
+from stochastic_vq_core import __version__
+from stochastic_vq_core.complexity import AVQ_Complexity, PVQ_Complexity, RVQ_Complexity
+from stochastic_vq_core.paper import (
+    FIG4_LARGEST_BEAM,
+    FIG6B_LARGEST_BEAM,
+    METHODS,
+    PAPER_BITRATES,
+    PAPER_STAGES,
+    beam_width_for,
+    bits_per_stage,
+    label,
+)
 
-METHODS = tuple(label(method) for method in METHOD_KEYS)  # "AVQ", "RVQ", "PVQ"
+LABELS = tuple(label(method) for method in METHODS)  # "AVQ", "RVQ", "PVQ"
 # file name -> (figure, data dimension, largest AVQ beam width; the beam is min(K, this))
 PAPER_FIGURES = {
-    "Complexity_Fig4-c": ("Fig. 4c", 64, 16),
-    "Complexity_Fig6-b": ("Fig. 6b", 128, 64),
+    "Complexity_Fig4-c": ("Fig. 4c", 64, FIG4_LARGEST_BEAM),
+    "Complexity_Fig6-b": ("Fig. 6b", 128, FIG6B_LARGEST_BEAM),
 }
 
 
@@ -58,7 +66,9 @@ def measure_encode_us(
 ) -> float:
     """Median wall-clock encode time per vector (microseconds) of the library's quantizer
     on ``batch`` N(0, 1) vectors, after one warm-up call."""
-    import torch
+    import torch  # only for --measure: the model itself needs no torch
+
+    from stochastic_vq.methods import build_quantizer
 
     quantizer = build_quantizer(method.lower(), stages, bits, dim, beam_width).eval()
     x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(0))  # (N, D)
@@ -86,12 +96,12 @@ def paper_figure(dim: int, max_beam: int, **model: bool) -> dict:
         "PVQ": [],
     }
     for total_bits in PAPER_BITRATES:
-        bits = total_bits // PAPER_STAGES
-        beam = min(2**bits, max_beam)
+        bits = bits_per_stage(total_bits)
+        beam = beam_width_for(bits, max_beam)
         models = complexities(dim, PAPER_STAGES, bits, beam, **model)
         figure["VQ Bitrate"].append(f"{total_bits} bits")
-        for name in METHODS:
-            figure[name].append(math.log10(models[name].complexity_calculator()))
+        for name in LABELS:
+            figure[name].append(math.log10(models[name].wmops()))
     return figure
 
 
@@ -104,7 +114,7 @@ def plot_figures(figures: dict, out_dir: Path, all_stages: bool) -> None:
     for ax, (name, figure) in zip(axes, figures.items()):
         label, dim, max_beam = PAPER_FIGURES[name]
         bits = [int(rate.split()[0]) for rate in figure["VQ Bitrate"]]
-        for method, marker in zip(METHODS, "o^s"):
+        for method, marker in zip(LABELS, "o^s"):
             ax.plot(bits, figure[method], marker=marker, label=method)
         ax.set_title(f"{label}: D={dim}, M={PAPER_STAGES}, AVQ beam min(K, {max_beam})")
         ax.set_xlabel("VQ bitrate (bits)")
@@ -211,7 +221,7 @@ def compute_rows(args: argparse.Namespace, bit_rates: list[int]) -> list[dict]:
     rows = []
     for total_bits in bit_rates:
         bits = total_bits // args.stages
-        beam = min(args.beam_width, 2**bits) if args.sweep else args.beam_width
+        beam = beam_width_for(bits, args.beam_width) if args.sweep else args.beam_width
         models = complexities(
             args.dim,
             args.stages,
@@ -229,7 +239,7 @@ def compute_rows(args: argparse.Namespace, bit_rates: list[int]) -> list[dict]:
             "beam_width": beam,
         }
         for name, model in models.items():
-            wmops = model.complexity_calculator()
+            wmops = model.wmops()
             row[name] = {
                 "wmops": wmops,
                 "log10_wmops": log10_or_none(wmops),
@@ -258,7 +268,7 @@ def format_single(row: dict) -> str:
         f"D={row['dim']}, M={row['stages']} stages x {row['bits_per_stage']} bits = "
         f"{row['total_bits']} bits (K={row['entries_per_codebook']} per codebook)"
     ]
-    for name in METHODS:
+    for name in LABELS:
         label = f"{name} (beam width {row['beam_width']}):" if name == "AVQ" else f"{name}:"
         line = f"  {label:<24}{row[name]['wmops']:>12.6f} WMOPS"
         if "encode_us" in row[name]:
@@ -270,19 +280,19 @@ def format_single(row: dict) -> str:
 def format_sweep(rows: list[dict]) -> str:
     measured = "encode_us" in rows[0]["AVQ"]
     header = f"{'bits':>5}{'b':>4}{'K':>7}{'beam':>6}" + "".join(
-        f"{name + ' WMOPS':>14}" for name in METHODS
+        f"{name + ' WMOPS':>14}" for name in LABELS
     )
     if measured:
-        header += "".join(f"{name + ' us/vec':>13}" for name in METHODS)
+        header += "".join(f"{name + ' us/vec':>13}" for name in LABELS)
     lines = [f"D={rows[0]['dim']}, M={rows[0]['stages']}, AVQ beam width capped at K", header]
     for row in rows:
         line = (
             f"{row['total_bits']:>5}{row['bits_per_stage']:>4}"
             f"{row['entries_per_codebook']:>7}{row['beam_width']:>6}"
         )
-        line += "".join(f"{row[name]['wmops']:>14.6f}" for name in METHODS)
+        line += "".join(f"{row[name]['wmops']:>14.6f}" for name in LABELS)
         if measured:
-            line += "".join(f"{row[name]['encode_us']:>13.3f}" for name in METHODS)
+            line += "".join(f"{row[name]['encode_us']:>13.3f}" for name in LABELS)
         lines.append(line)
     return "\n".join(lines)
 
@@ -291,9 +301,9 @@ def format_figures(figures: dict, out_dir: Path) -> str:
     lines = []
     for name, figure in figures.items():
         lines.append(f"{out_dir / name}.json (log10 WMOPS)")
-        lines.append(f"{'bits':>9}" + "".join(f"{method:>10}" for method in METHODS))
+        lines.append(f"{'bits':>9}" + "".join(f"{method:>10}" for method in LABELS))
         for i, rate in enumerate(figure["VQ Bitrate"]):
-            lines.append(f"{rate:>9}" + "".join(f"{figure[m][i]:>10.4f}" for m in METHODS))
+            lines.append(f"{rate:>9}" + "".join(f"{figure[m][i]:>10.4f}" for m in LABELS))
     lines.append(f"plots: {out_dir / 'complexity.pdf'}, {out_dir / 'complexity.png'}")
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Product vector quantization (PVQ) trained with NSVQ.
+"""Product vector quantization (PVQ) trained with NSVQ (or DiVeQ).
 
 The D-dimensional vector is split into M contiguous sub-vectors of D/M dimensions;
 each is quantized in its own codebook and the results are concatenated.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from stochastic_vq.nsvq import CPU, DEFAULT_GROUP, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer
+from stochastic_vq_core.quantizer import CPU, VectorQuantizer
+from stochastic_vq_core.rules import check_divisible
 
 
 class PVQ(VectorQuantizer):
@@ -21,26 +22,18 @@ class PVQ(VectorQuantizer):
         discard_threshold: usage fraction below which ``replace_unused_codebooks``
             replaces a codeword.
         device: where the codebooks live.
-        check_finite: reject NaN/Inf input (one host sync per call; turn off for speed).
-        replacement_noise: noise of a replaced codeword, relative to the codewords' RMS.
-        process_group: over which processes ``replace_unused_codebooks`` synchronises:
-            "default" (the default group under torch.distributed, as DDP), None (no
-            synchronisation) or a torch.distributed.ProcessGroup.
+        **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
+            ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
+            or "diveq") and ``diveq_noise``.
 
     The trainable parameter ``codebooks`` has shape (M, K, D/M).
     """
 
     def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
-                 discard_threshold: float = 0.01, device=CPU, *,
-                 check_finite: bool = True,
-                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE,
-                 process_group=DEFAULT_GROUP):
+                 discard_threshold: float = 0.01, device=CPU, **options):
         super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold, device,
-                         check_finite=check_finite, replacement_noise=replacement_noise,
-                         process_group=process_group)
-        if data_dim % num_stages:
-            raise ValueError(f"data_dim ({data_dim}) must be divisible by num_stages "
-                             f"({num_stages}) for product VQ")
+                         **options)
+        check_divisible("data_dim", data_dim, "num_stages", num_stages)
         self.sub_dim = data_dim // num_stages
         self.codebooks = self._uniform_codebooks(
             (num_stages, self.codebook_size, self.sub_dim), device)
@@ -66,3 +59,17 @@ class PVQ(VectorQuantizer):
 
     def _decode(self, codes):
         return self._gather_codewords(codes).reshape(len(codes), self.data_dim)  # (N, D)
+
+    @torch.no_grad()
+    def search_tables(self, queries: torch.Tensor) -> torch.Tensor:
+        """Lookup tables (Q, M, K): squared distances ``||q_m - c_mk||²`` per subspace."""
+        q = queries.to(self.codebooks.device, torch.float32)  # (Q, D)
+        codebooks = self.codebooks.detach()  # (M, K, d)
+        parts = q.reshape(len(q), self.num_stages, self.sub_dim)  # (Q, M, d)
+        inner = torch.einsum("qmd,mkd->qmk", parts, codebooks)
+        return (parts.pow(2).sum(-1, keepdim=True) - 2.0 * inner
+                + codebooks.pow(2).sum(-1).unsqueeze(0))
+
+    def table_distances(self, table_sums, queries, decoded_norms):
+        """The sums of the per-subspace squared distances are the distances (Q, N)."""
+        return table_sums

@@ -1,4 +1,4 @@
-"""Residual vector quantization (RVQ) trained with NSVQ.
+"""Residual vector quantization (RVQ) trained with NSVQ (or DiVeQ).
 
 Each of the M stages quantizes what the previous stages left over: ``r = x``; for each
 stage ``i = argmin ||r - C_s[i]||²``, ``r = r - C_s[i]``; the output is the sum of the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from stochastic_vq.nsvq import CPU, DEFAULT_GROUP, DEFAULT_REPLACEMENT_NOISE, VectorQuantizer
+from stochastic_vq_core.quantizer import CPU, VectorQuantizer
 
 
 class RVQ(VectorQuantizer):
@@ -22,23 +22,17 @@ class RVQ(VectorQuantizer):
         discard_threshold: usage fraction below which ``replace_unused_codebooks``
             replaces a codeword.
         device: where the codebooks live.
-        check_finite: reject NaN/Inf input (one host sync per call; turn off for speed).
-        replacement_noise: noise of a replaced codeword, relative to the codewords' RMS.
-        process_group: over which processes ``replace_unused_codebooks`` synchronises:
-            "default" (the default group under torch.distributed, as DDP), None (no
-            synchronisation) or a torch.distributed.ProcessGroup.
+        **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
+            ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
+            or "diveq") and ``diveq_noise``.
 
     The trainable parameter ``codebooks`` has shape (M, K, D).
     """
 
     def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
-                 discard_threshold: float = 0.01, device=CPU, *,
-                 check_finite: bool = True,
-                 replacement_noise: float = DEFAULT_REPLACEMENT_NOISE,
-                 process_group=DEFAULT_GROUP):
+                 discard_threshold: float = 0.01, device=CPU, **options):
         super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold, device,
-                         check_finite=check_finite, replacement_noise=replacement_noise,
-                         process_group=process_group)
+                         **options)
         self.codebooks = self._uniform_codebooks(
             (num_stages, self.codebook_size, data_dim), device)
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stochastic_vq import data  # noqa: E402
 from stochastic_vq.config import TrainConfig  # noqa: E402
 from stochastic_vq.loop import train  # noqa: E402
-from stochastic_vq.methods import METHODS, label  # noqa: E402
+from stochastic_vq_core.paper import METHODS, label  # noqa: E402
 
 DATA = ("normal", "ar1", "patches")
 

@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stochastic_vq.methods import build_quantizer, label  # noqa: E402
+from stochastic_vq.methods import build_quantizer  # noqa: E402
+from stochastic_vq_core.paper import label  # noqa: E402
 
 
 def build(method: str, stages: int, bits: int, dim: int, beam: int, device: str,

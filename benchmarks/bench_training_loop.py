@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stochastic_vq.config import TrainConfig  # noqa: E402
 from stochastic_vq.loop import train  # noqa: E402
-from stochastic_vq.methods import METHODS, build_quantizer  # noqa: E402
+from stochastic_vq.methods import build_quantizer  # noqa: E402
+from stochastic_vq_core.paper import METHODS  # noqa: E402
 
 
 def bare_loop(config: TrainConfig) -> float:

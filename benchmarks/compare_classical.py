@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stochastic_vq import data  # noqa: E402
 from stochastic_vq.config import INITS, LR_SCALES, TrainConfig  # noqa: E402
 from stochastic_vq.loop import train  # noqa: E402
-from stochastic_vq.methods import METHODS, label  # noqa: E402
+from stochastic_vq_core.paper import METHODS, beam_width_for, label  # noqa: E402
 
 SCRIPTS = TrainConfig(device="cpu")  # the training scripts' defaults
 
@@ -64,7 +64,8 @@ def run_library(method: str, stages: int, bits: int, train_set: torch.Tensor,
                 test_set: torch.Tensor, args: argparse.Namespace) -> dict:
     """Train one of the library's quantizers with the training loop; time it; test it."""
     config = TrainConfig(method=method, stages=stages, bits=bits,
-                         beam_width=min(args.beam_width, 2**bits), data_dim=train_set.shape[1],
+                         beam_width=beam_width_for(bits, args.beam_width),
+                         data_dim=train_set.shape[1],
                          steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          lr_scale=args.lr_scale, init=args.init,
                          replace_every=args.replace_every, log_every=args.steps,

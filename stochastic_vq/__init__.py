@@ -1,16 +1,24 @@
-"""What the three quantizers share and what is built around them.
+"""Additive, product and residual VQ trained by stochastic optimization, and what is built
+on them.
 
-The quantizers are the top-level modules ``additive_vq``, ``product_vq`` and
-``residual_vq``; this package holds the rest, one idea per module:
+    from stochastic_vq import AVQ, PVQ, RVQ, VQVAE
 
-- ``nsvq``: the base class of the three (noise substitution, usage counters, codebook
-  replacement, input checks, data-dependent initialisation), with ``kmeans`` and
-  ``distributed`` beside it;
-- ``methods``: the three methods, their paper settings and the quantizer factory;
+gives the classes of the top-level modules ``additive_vq``, ``product_vq``,
+``residual_vq`` and ``vq_vae``. This package is the upper storey of the library's layers
+(entry points -> this package -> the quantizers and ``vq_vae`` -> ``stochastic_vq_core``),
+one idea per module:
+
+- ``methods``: the three methods by name, and the quantizer factory;
 - ``loop``: the training loop of the ``train_*.py`` scripts, with ``config``, ``data``,
   ``runfiles`` (logs and checkpoints) and ``cli`` beside it;
 - ``reproduce``: the paper's experiments, with ``mse_experiment``, ``ann_experiment``,
-  ``image_experiment``, ``images``, ``ann`` and ``figures`` beside it.
+  ``image_experiment``, ``images``, ``ann``, ``figures`` and ``points`` beside it.
 """
 
-__version__ = "2.0.0"
+from additive_vq import AVQ
+from product_vq import PVQ
+from residual_vq import RVQ
+from stochastic_vq_core import __version__
+from vq_vae import VQVAE
+
+__all__ = ["AVQ", "PVQ", "RVQ", "VQVAE", "__version__"]

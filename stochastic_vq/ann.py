@@ -4,6 +4,9 @@ The database is stored as codes (one index per codebook) and searched with asymm
 distance computation (ADC): the query stays exact, the database vectors are the decoded
 (quantized) ones, and the distances come from lookup tables, never from decoding.
 
+Each quantizer gives its own tables (``search_tables``) and the distances from their sums
+(``table_distances``):
+
 - PVQ: per-subspace tables ``T[m, k] = ||q_m - c_mk||²``; the distance to a database
   vector is ``Σ_m T[m, code_m]``.
 - RVQ and AVQ: ``||q - Σ_m c_m||² = ||q||² - 2 Σ_m <q, c_m> + ||Σ_m c_m||²`` with
@@ -26,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from product_vq import PVQ
-from stochastic_vq.nsvq import VectorQuantizer
+from stochastic_vq_core.quantizer import VectorQuantizer
 
 SEARCH_ELEMENTS = 2**24  # bound on the (queries x database) block scored at once
 
@@ -121,39 +123,16 @@ def encode_database(quantizer: VectorQuantizer, base: torch.Tensor,
     return EncodedDatabase(torch.cat(codes), torch.cat(norms))
 
 
-@torch.no_grad()
-def lookup_tables(quantizer: VectorQuantizer, queries: torch.Tensor) -> torch.Tensor:
-    """Per-query lookup tables (Q, M, K) in float32 on the CPU.
-
-    PVQ: ``||q_m - c_mk||²`` per subspace. RVQ/AVQ: inner products ``<q, c_mk>``.
-    """
-    q = queries.to(quantizer.codebooks.device, torch.float32)  # (Q, D)
-    if isinstance(quantizer, PVQ):
-        codebooks = quantizer.codebooks.detach()  # (M, K, d)
-        parts = q.reshape(len(q), quantizer.num_stages, quantizer.sub_dim)  # (Q, M, d)
-        inner = torch.einsum("qmd,mkd->qmk", parts, codebooks)
-        tables = (parts.pow(2).sum(-1, keepdim=True) - 2.0 * inner
-                  + codebooks.pow(2).sum(-1).unsqueeze(0))
-    else:
-        codebooks = quantizer.codebooks.detach().reshape(
-            quantizer.num_stages, quantizer.num_codebooks, quantizer.data_dim)  # (M, K, D)
-        tables = torch.einsum("qd,mkd->qmk", q, codebooks)
-    return tables.cpu()
-
-
 def adc_distances(quantizer: VectorQuantizer, tables: torch.Tensor, queries: torch.Tensor,
                   database: EncodedDatabase) -> torch.Tensor:
     """Squared distances (Q, N) from exact queries (Q, D) to the decoded database, by lookup.
 
-    tables: (Q, M, K) from ``lookup_tables``.
+    tables: (Q, M, K) from ``quantizer.search_tables`` (on the CPU).
     """
     total = torch.zeros(len(tables), len(database))  # (Q, N)
     for m in range(tables.shape[1]):
         total += tables[:, m, :].index_select(1, database.codes[:, m])
-    if isinstance(quantizer, PVQ):
-        return total
-    query_norms = queries.float().cpu().pow(2).sum(1, keepdim=True)  # (Q, 1)
-    return query_norms - 2.0 * total + database.norms.unsqueeze(0)
+    return quantizer.table_distances(total, queries.cpu(), database.norms)
 
 
 @torch.no_grad()
@@ -175,7 +154,7 @@ def adc_search(quantizer: VectorQuantizer, database: EncodedDatabase, queries: t
     rows = max(1, SEARCH_ELEMENTS // max(1, len(database)))
     distances, indices = [], []
     for chunk in queries.split(rows):
-        tables = lookup_tables(quantizer, chunk)  # (q, M, K)
+        tables = quantizer.search_tables(chunk).cpu()  # (q, M, K)
         found = adc_distances(quantizer, tables, chunk, database).topk(k, dim=1, largest=False)
         distances.append(found.values)
         indices.append(found.indices)

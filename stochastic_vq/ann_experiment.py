@@ -20,7 +20,7 @@ from stochastic_vq.ann import adc_search, encode_database, exact_search, read_ve
 from stochastic_vq.config import TrainConfig
 from stochastic_vq.figures import add_curve, save_panels
 from stochastic_vq.loop import train
-from stochastic_vq.methods import METHODS, label
+from stochastic_vq_core.paper import METHODS, beam_width_for, label
 
 FIG5_T = tuple(2**i for i in range(10))  # 1, 2, 4, ..., 512
 FIG6A_T = (1, 10, 100, 1000, 10000)
@@ -89,7 +89,7 @@ def recall_curve(preset: AnnPreset, corpus: Corpus, method: str, seed: int,
                  ranks: tuple[int, ...]) -> list[float]:
     """Train ``method`` on the learn set, encode the base, and return recall@T for ``ranks``."""
     config = TrainConfig(method=method, stages=preset.stages, bits=preset.bits,
-                         beam_width=min(2**preset.bits, preset.beam),
+                         beam_width=beam_width_for(preset.bits, preset.beam),
                          data_dim=corpus.learn.shape[1], steps=preset.steps,
                          batch_size=preset.batch_size, lr=preset.lr, log_every=preset.steps,
                          save_every=preset.steps, seed=seed,
@@ -123,7 +123,7 @@ def _title(preset: AnnPreset, corpus: Corpus) -> str:
 
 
 def run_fig5(preset: AnnPreset, out: Path, settings: dict, corpus: Corpus,
-             published: Path | None = None) -> list[Path]:
+             published: dict[str, dict] | None = None) -> list[Path]:
     """Figure 5: recall@T, T = 1 ... 512, of AVQ, RVQ and PVQ."""
     panels = {"Recall.json": recall_curves(preset, corpus, METHODS, FIG5_T)}
     return save_panels(panels, out, "Fig5", {**settings, "corpus": corpus.name},
@@ -131,7 +131,7 @@ def run_fig5(preset: AnnPreset, out: Path, settings: dict, corpus: Corpus,
 
 
 def run_fig6a(preset: AnnPreset, out: Path, settings: dict, corpus: Corpus,
-              published: Path | None = None) -> list[Path]:
+              published: dict[str, dict] | None = None) -> list[Path]:
     """Figure 6a: recall@T, T = 1 ... 10000, of RVQ."""
     panels = {"Recall_RVQ_Fig6-a.json": recall_curves(preset, corpus, ("rvq",), FIG6A_T)}
     return save_panels(panels, out, "Fig6-a", {**settings, "corpus": corpus.name},

@@ -13,8 +13,9 @@ import torch.distributed as dist
 from stochastic_vq.config import INITS, LR_SCALES, ConfigError, TrainConfig
 from stochastic_vq.data import npy_columns
 from stochastic_vq.loop import train
-from stochastic_vq.methods import SCRIPT_BEAM_WIDTH, SCRIPT_SHAPES, TITLES
 from stochastic_vq.runfiles import CHECKPOINT_FILE
+from stochastic_vq_core.estimators import ESTIMATORS
+from stochastic_vq_core.paper import METHOD_TITLES, SCRIPT_BEAM_WIDTH, SCRIPT_SHAPES
 
 DEFAULTS = TrainConfig(device="cpu")  # the paper's settings, shown in --help
 
@@ -29,8 +30,9 @@ def build_parser(method: str) -> argparse.ArgumentParser:
     """The command line of ``train_<method>.py``; defaults are the paper's."""
     stages, bits = SCRIPT_SHAPES[method]
     d = DEFAULTS
-    parser = ArgumentParser(description=f"Train {TITLES[method]} with NSVQ and Adam on N(0, 1) "
-                                        "data (the paper's example) or on an (N, D) .npy file.")
+    parser = ArgumentParser(description=f"Train {METHOD_TITLES[method]} with NSVQ (or DiVeQ) "
+                                        "and Adam on N(0, 1) data (the paper's example) or on "
+                                        "an (N, D) .npy file.")
     add = parser.add_argument
     add("--steps", type=int, default=d.steps, help=f"training steps (batches) (default: {d.steps})")
     add("--batch-size", type=int, default=d.batch_size,
@@ -77,6 +79,12 @@ def build_parser(method: str) -> argparse.ArgumentParser:
         help="absolute: --lr is Adam's step size (the paper); data: --lr is multiplied by the "
              "standard deviation of the training data (default: absolute on N(0, 1) data, "
              "data with --data)")
+    add("--estimator", choices=list(ESTIMATORS), default=d.estimator,
+        help="training-mode estimator: nsvq, the paper's noise substitution, or diveq, the "
+             f"error's direction blurred by noise (default: {d.estimator})")
+    add("--diveq-noise", type=float, default=d.diveq_noise,
+        help="DiVeQ's noise relative to the quantization error's norm; 0 trains on the hard "
+             f"quantization (default: {d.diveq_noise})")
     add("--reset-optimizer-state", action="store_true",
         help="zero Adam's moments of replaced codewords instead of keeping the dead entries' "
              "(no measurable difference; off by default)")
@@ -94,7 +102,8 @@ def run_name(config: TrainConfig) -> str:
     beam = f"_bw{config.beam_width}" if config.method == "avq" else ""
     data = f"_{Path(config.data).stem}" if config.data else ""
     shape = f"{config.stages}x{config.bits}b{beam}_d{config.data_dim}"
-    return f"{config.method}_{shape}{data}_seed{config.seed}"
+    estimator = f"_{config.estimator}" if config.estimator != DEFAULTS.estimator else ""
+    return f"{config.method}_{shape}{data}{estimator}_seed{config.seed}"
 
 
 def config_from_args(method: str, args: argparse.Namespace) -> TrainConfig:
@@ -110,7 +119,8 @@ def config_from_args(method: str, args: argparse.Namespace) -> TrainConfig:
         log_every=args.log_every, save_every=args.save_every, eval_samples=args.eval_samples,
         seed=args.seed, device=args.device, out=args.out, init=args.init, data=args.data,
         eval_data=args.eval_data, resume=args.resume, threads=args.threads,
-        lr_scale=args.lr_scale, reset_optimizer_state=args.reset_optimizer_state)
+        lr_scale=args.lr_scale, reset_optimizer_state=args.reset_optimizer_state,
+        estimator=args.estimator, diveq_noise=args.diveq_noise)
     if config.out is None:
         out = Path("output") / run_name(config)
         if not config.resume:  # a new folder: never overwrite an earlier run
@@ -141,7 +151,7 @@ def main(method: str, argv: list[str] | None = None) -> dict:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group("nccl" if config.device.startswith("cuda") else "gloo")
         if not dist.is_initialized() or dist.get_rank() == 0:
-            print(f"Training {TITLES[method]} into {config.out}", flush=True)
+            print(f"Training {METHOD_TITLES[method]} into {config.out}", flush=True)
         return train(config, stop_after=args.stop_after)
     except ConfigError as error:
         flag = FLAGS.get(error.setting, "--" + error.setting.replace("_", "-"))

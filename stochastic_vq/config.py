@@ -12,12 +12,18 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from stochastic_vq.methods import METHODS, SCRIPT_BEAM_WIDTH, SCRIPT_SHAPES
+from stochastic_vq.methods import build_quantizer
+from stochastic_vq_core.estimators import DEFAULT_ESTIMATOR, DIVEQ_NOISE
+from stochastic_vq_core.paper import SCRIPT_BEAM_WIDTH, SCRIPT_SHAPES
+from stochastic_vq_core.quantizer import VectorQuantizer
+from stochastic_vq_core.rules import check_choice, check_int
 
 INITS = ("uniform", "data", "data-disjoint")
 LR_SCALES = ("absolute", "data")
 PAPER_CHOICES = {"init": "uniform", "lr_scale": "absolute"}  # on the N(0, 1) stream
 DATA_CHOICES = {"init": "data", "lr_scale": "data"}  # on the user's data
+# the quantizer constructors' argument names of the settings named otherwise here
+SETTINGS = {"num_stages": "stages", "vq_bitrate_per_stage": "bits"}
 
 
 class ConfigError(ValueError):
@@ -53,6 +59,8 @@ class TrainConfig:
     gradient's size, so data far from unit scale (e.g. pixels 0..255) need it.
     None (the default of both) resolves to the paper's choice on the N(0, 1) stream and
     to "data" when training on data (``resolved``).
+    estimator, diveq_noise: the quantizer's training-mode estimator, "nsvq" (the paper's)
+    or "diveq", and DiVeQ's relative noise (``stochastic_vq_core.estimators``).
     reset_optimizer_state: zero Adam's moments of the codewords a replacement overwrites
     (``replace_unused_codebooks(optimizer=...)``) instead of letting them inherit those
     of the dead entries.
@@ -81,6 +89,8 @@ class TrainConfig:
     threads: int = 1
     lr_scale: str | None = None
     reset_optimizer_state: bool = False
+    estimator: str = DEFAULT_ESTIMATOR
+    diveq_noise: float = DIVEQ_NOISE
 
     def __post_init__(self):
         stages, bits = SCRIPT_SHAPES.get(self.method, (None, None))
@@ -96,34 +106,37 @@ class TrainConfig:
         return replace(self, **{name: choice for name, choice in choices.items()
                                 if getattr(self, name) is None})
 
+    def build_quantizer(self, device: str | torch.device | None = None) -> VectorQuantizer:
+        """The untrained quantizer these settings describe (on ``device``, default cpu)."""
+        return build_quantizer(self.method, self.stages, self.bits, self.data_dim,
+                               self.beam_width, discard_threshold=self.discard_threshold,
+                               estimator=self.estimator, diveq_noise=self.diveq_noise,
+                               device=torch.device("cpu") if device is None else device)
+
     def validate(self) -> None:
-        """Raise ConfigError for the first invalid setting."""
-        if self.method not in METHODS:
-            raise ConfigError("method", f"must be one of {', '.join(METHODS)}, "
-                                        f"got {self.method!r}")
-        for name, minimum in [("stages", 1), ("bits", 1), ("beam_width", 1), ("data_dim", 1),
-                              ("steps", 1), ("batch_size", 1), ("replace_every", 1),
-                              ("log_every", 1), ("save_every", 1), ("eval_samples", 1),
-                              ("seed", 0), ("threads", 0)]:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
-        if self.bits > 30:
-            raise ConfigError("bits", f"must be <= 30, got {self.bits}")
+        """Raise ConfigError for the first invalid setting.
+
+        The quantizer's own settings are checked by its constructor (on the "meta"
+        device, which allocates nothing); its errors are reported in the settings' names.
+        """
+        try:
+            for name, minimum in [("steps", 1), ("batch_size", 1), ("replace_every", 1),
+                                  ("log_every", 1), ("save_every", 1), ("eval_samples", 1),
+                                  ("seed", 0), ("threads", 0)]:
+                check_int(name, getattr(self, name), minimum)
+            if self.init is not None:
+                check_choice("init", self.init, INITS)
+            if self.lr_scale is not None:
+                check_choice("lr_scale", self.lr_scale, LR_SCALES)
+            self.build_quantizer(device="meta")
+        except (TypeError, ValueError) as error:
+            argument = getattr(error, "argument", None)
+            if argument is None:
+                raise
+            message = str(error).removeprefix(f"{argument} ")
+            raise ConfigError(SETTINGS.get(argument, argument), message) from None
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError("lr", f"must be a positive number, got {self.lr!r}")
-        if not 0.0 <= self.discard_threshold <= 1.0:
-            raise ConfigError("discard_threshold",
-                              f"must be in [0, 1], got {self.discard_threshold}")
-        if self.init not in (None, *INITS):
-            raise ConfigError("init", f"must be one of {', '.join(INITS)} or None, "
-                                      f"got {self.init!r}")
-        if self.lr_scale not in (None, *LR_SCALES):
-            raise ConfigError("lr_scale", f"must be 'absolute', 'data' or None, "
-                                          f"got {self.lr_scale!r}")
-        if self.method == "pvq" and self.data_dim % self.stages:
-            raise ConfigError("stages", f"product VQ needs data_dim ({self.data_dim}) "
-                                        f"divisible by stages ({self.stages})")
         try:
             device = torch.device(self.device)
         except RuntimeError:

@@ -20,10 +20,15 @@ from stochastic_vq import data
 from stochastic_vq.config import TrainConfig
 from stochastic_vq.figures import add_curve, bitrate_axis, save_panels
 from stochastic_vq.loop import train
-from stochastic_vq.methods import METHODS, PAPER_BITRATES, PAPER_STAGES, beam_width_for, label
 from stochastic_vq.points import run_points
-
-LARGEST_BEAM = 16  # AVQ beam width of the toy experiments: min(K, 16), as in Fig 4c
+from stochastic_vq_core.paper import (
+    METHODS,
+    PAPER_BITRATES,
+    PAPER_STAGES,
+    beam_width_for,
+    bits_per_stage,
+    label,
+)
 
 
 @dataclass(frozen=True)
@@ -71,9 +76,9 @@ def train_config(preset: MsePreset, method: str, bits: int, dim: int,
     2000), so the short quick and tiny runs, which start from k-means, replace none. The
     learning rate is absolute, as in the paper. The device is cuda when available.
     """
-    per_stage = bits // PAPER_STAGES
+    per_stage = bits_per_stage(bits)
     return TrainConfig(method=method, stages=PAPER_STAGES, bits=per_stage,
-                       beam_width=beam_width_for(per_stage, LARGEST_BEAM), data_dim=dim,
+                       beam_width=beam_width_for(per_stage), data_dim=dim,
                        steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,
                        log_every=preset.steps, save_every=preset.steps,
                        eval_samples=preset.eval_samples, seed=seed, init=preset.init,
@@ -127,7 +132,7 @@ def mse_panels(preset: MsePreset, panels: dict[str, tuple[str, int, dict]],
 
 
 def run_fig2(preset: MsePreset, out: Path, settings: dict, jobs: int = 1,
-             published: Path | None = None) -> list[Path]:
+             published: dict[str, dict] | None = None) -> list[Path]:
     """Figure 2: correlated (a) and uncorrelated (b) data of dimension 64."""
     panels = mse_panels(preset, {
         "correlated_dataset_Fig2-a.json": ("correlated", 64, {"Data": "Correlated"}),
@@ -137,7 +142,7 @@ def run_fig2(preset: MsePreset, out: Path, settings: dict, jobs: int = 1,
 
 
 def run_fig3(preset: MsePreset, out: Path, settings: dict, jobs: int = 1,
-             published: Path | None = None) -> list[Path]:
+             published: dict[str, dict] | None = None) -> list[Path]:
     """Figure 3: uncorrelated data of dimension 64, 128 and 256."""
     panels = mse_panels(preset, {
         f"Data_Dimension_{dim}.json": ("uncorrelated", dim, {"Data Dimension": str(dim)})

@@ -22,7 +22,7 @@ LOG_FILE, CHECKPOINT_FILE = "log.json", "checkpoint.pt"
 RESUMABLE_CHANGES = ("out", "save_every", "eval_samples", "eval_data", "resume", "threads")
 # Names of settings in checkpoints of earlier versions, and the values they had implied.
 RENAMED_SETTINGS = {"dim": "data_dim"}
-IMPLIED_SETTINGS = {"lr_scale": "absolute"}
+IMPLIED_SETTINGS = {"lr_scale": "absolute", "estimator": "nsvq", "diveq_noise": 1.0}
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:

@@ -12,7 +12,8 @@ import torch
 
 from helpers import ROOT
 from stochastic_vq import cli
-from stochastic_vq.methods import METHODS, build_quantizer
+from stochastic_vq.methods import build_quantizer
+from stochastic_vq_core.paper import METHODS
 
 SCRIPTS = {"avq": "train_additive_vq.py", "pvq": "train_product_vq.py",
            "rvq": "train_residual_vq.py"}
@@ -122,7 +123,7 @@ def test_help_explains_every_flag(capsys):
     (["--batch-size", "0"], "--batch-size"),
     (["--lr", "-1"], "--lr: must be a positive number"),
     (["--discard-threshold", "1.5"], "--discard-threshold"),
-    (["--stages", "3"], "divisible"),  # PVQ with D = 8
+    (["--stages", "3"], "must divide"),  # PVQ with D = 8
     (["--steps", "ten"], "invalid int value"),
     (["--dim", "0"], "--dim: must be an integer >= 1"),
 ])

@@ -41,8 +41,10 @@ def test_explicit_init_and_lr_scale_are_kept():
     ({"lr": float("nan")}, "lr", "positive number"),
     ({"discard_threshold": 2.0}, "discard_threshold", "[0, 1]"),
     ({"init": "kmeans"}, "init", "must be one of uniform, data, data-disjoint"),
-    ({"lr_scale": "relative"}, "lr_scale", "must be 'absolute', 'data' or None"),
-    ({"method": "pvq", "stages": 3}, "stages", "divisible"),
+    ({"lr_scale": "relative"}, "lr_scale", "must be one of absolute, data"),
+    ({"method": "pvq", "stages": 3}, "stages", "(3) must divide data_dim (8)"),
+    ({"estimator": "ste"}, "estimator", "must be one of nsvq, diveq"),
+    ({"estimator": "diveq", "diveq_noise": -1.0}, "diveq_noise", "must be in [0, inf]"),
     ({"device": "gpu0"}, "device", "unknown device"),
     ({"resume": True}, "resume", "run directory"),
 ])

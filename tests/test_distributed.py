@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from stochastic_vq.loop import TrainConfig, train
-from stochastic_vq.methods import METHODS
+from stochastic_vq_core.paper import METHODS
 
 WORLD = 2
 

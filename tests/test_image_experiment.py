@@ -86,12 +86,12 @@ def test_training_lowers_the_error_and_uses_the_codebooks():
 def test_learning_rate_falls_linearly_over_the_decay_share():
     preset = image_experiment.ImagePreset(seeds=1, steps=100, batch_size=2, lr=1.0, channels=4,
                                           replace_every=10, bits=(8,), decay=0.2)
-    factors = [image_experiment._lr_factor(preset, step) for step in range(100)]
+    factors = [image_experiment._lr_schedule(preset, step) for step in range(100)]
     assert factors[:81] == [1.0] * 81 and factors[90] == pytest.approx(0.5)
     assert factors[99] == pytest.approx(0.05) and all(a > b for a, b in zip(factors[80:],
                                                                             factors[81:]))
     constant = image_experiment.ImagePreset(**{**preset.__dict__, "decay": 0.0})
-    assert all(image_experiment._lr_factor(constant, step) == 1.0 for step in range(100))
+    assert all(image_experiment._lr_schedule(constant, step) == 1.0 for step in range(100))
 
 
 def test_decoder_finish_trains_only_the_decoder_on_hard_latents():

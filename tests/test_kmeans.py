@@ -1,4 +1,4 @@
-"""k-means and nearest-row search (stochastic_vq.kmeans), checked against references
+"""k-means and nearest-row search (stochastic_vq_core.kmeans), checked against references
 written out here (NumPy Lloyd, brute-force distances) and against scikit-learn.
 
 kmeans starts from k points picked with ``torch.randperm(n, generator)[:k]`` (or
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from product_vq import PVQ
-from stochastic_vq import kmeans as kmeans_module
-from stochastic_vq.kmeans import kmeans, nearest_rows
+from stochastic_vq_core import kmeans as kmeans_module
+from stochastic_vq_core.kmeans import kmeans, nearest_rows
 
 ITERATIONS = [1, 3, 10]
 SEED = 1234

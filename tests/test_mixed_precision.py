@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_flatten
 from additive_vq import AVQ
 from product_vq import PVQ
 from residual_vq import RVQ
-from stochastic_vq.usage import usage_limit
+from stochastic_vq_core.usage import usage_limit
 
 D = 64
 

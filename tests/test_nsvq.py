@@ -1,4 +1,4 @@
-"""Behaviour shared by AVQ, PVQ and RVQ (nsvq.VectorQuantizer), tested on all three.
+"""Behaviour shared by AVQ, PVQ and RVQ (the base class VectorQuantizer), tested on all three.
 
 NSVQ training output, checkpoints and devices, shapes and dtypes, determinism, chunked
 encoding and data-dependent initialisation. Usage and replacement: test_usage.py; input
@@ -10,8 +10,9 @@ import torch
 
 from helpers import BITS, FACTORIES, D, K, M, make, nsvq_step, stage_rows, used_mask
 from product_vq import PVQ
-from stochastic_vq import nsvq
-from stochastic_vq.nsvq import noise_substitution
+from stochastic_vq_core import kmeans
+from stochastic_vq_core import quantizer as quantizer_module
+from stochastic_vq_core.estimators import noise_substitution
 
 # --- construction ----------------------------------------------------------------------
 
@@ -134,7 +135,8 @@ def test_state_dict_round_trip(kind, tmp_path):
     vq(torch.randn(30, D), train_mode=True)
     vq(torch.randn(30, D), train_mode=True)
     state = vq.state_dict()
-    assert set(state) == {"codebooks", "codebook_usage"}
+    assert set(state) == {"codebooks", "codebook_usage", "_extra_state"}
+    assert state["_extra_state"] == {"quantizer": kind, "estimator": "nsvq"}
     torch.save(state, tmp_path / "vq.pt")
     other = make(kind)
     other.load_state_dict(torch.load(tmp_path / "vq.pt"))
@@ -310,7 +312,7 @@ def test_chunked_encoding_equals_encoding_at_once(kind, monkeypatch, chunk_eleme
     x = torch.randn(301, D)
     codes = vq.encode(x)
     out, _ = vq(x, train_mode=False)
-    monkeypatch.setattr(nsvq, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(quantizer_module, "CHUNK_ELEMENTS", chunk_elements)
     assert torch.equal(vq.encode(x), codes)
     assert torch.equal(vq(x, train_mode=False)[0], out)
 
@@ -330,11 +332,11 @@ def expected_initialisation(vq, x, disjoint, seed):
             if disjoint:  # this stage's share, through the codebooks fitted before
                 residual = x[stage::M]
                 for earlier in tables:
-                    residual = residual - earlier[nsvq.nearest_rows(residual, earlier)]
+                    residual = residual - earlier[kmeans.nearest_rows(residual, earlier)]
             target = residual
-        table = nsvq.kmeans(target, K, 3, generator)
+        table = kmeans.kmeans(target, K, 3, generator)
         tables.append(table)
-        residual = target - table[nsvq.nearest_rows(target, table)]
+        residual = target - table[kmeans.nearest_rows(target, table)]
     return tables
 
 

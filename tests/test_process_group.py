@@ -19,7 +19,7 @@ from additive_vq import AVQ
 from helpers import nsvq_step
 from product_vq import PVQ
 from residual_vq import RVQ
-from stochastic_vq.usage import usage_limit
+from stochastic_vq_core.usage import usage_limit
 
 WORLD = 2
 M, BITS, D = 2, 3, 8

@@ -1,4 +1,4 @@
-"""Usage counting and replacement of unused codewords (stochastic_vq.usage), on all three.
+"""Usage counting and replacement of unused codewords (stochastic_vq_core.usage), on all three.
 
 Counters count batches in training mode only; replacement overwrites exactly the entries
 below the threshold with copies of used ones, resets the counters, optionally zeroes

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from stochastic_vq.methods import METHODS, build_quantizer
+from stochastic_vq.methods import build_quantizer
+from stochastic_vq_core.paper import METHODS
 from vq_vae import VQVAE
 
 

@@ -1,11 +1,11 @@
-"""Noise substitution (NSVQ), codebook usage and codebook replacement.
+"""``VectorQuantizer``: what AVQ, PVQ and RVQ share.
 
-The one home of the logic that AVQ, PVQ and RVQ share. ``VectorQuantizer`` is the
-base class: a subclass only says how a batch of vectors is encoded into codeword
-indices and decoded back; training-mode noise substitution, usage counting, input
-checks, replacement of unused codewords (synchronised over the ranks of a process
-group, see ``stochastic_vq.distributed``) and loading of the original
-implementation's checkpoints live here.
+A subclass says how a batch of vectors is encoded into codeword indices and decoded back
+(its hooks, listed in the class's docstring); the base class adds the training-mode
+estimator (NSVQ or DiVeQ, ``stochastic_vq_core.estimators``), usage counting, input
+checks, replacement of unused codewords (synchronised over the ranks of a process group,
+see ``stochastic_vq_core.distributed``), data-dependent initialisation, lookup tables for
+nearest-neighbour search, and checkpoints (also the original implementation's).
 
 Notation: ``M`` codebooks (stages), ``K = 2**b`` entries each, ``D`` data dimension.
 """
@@ -18,9 +18,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from stochastic_vq.distributed import DEFAULT_GROUP, Sync, check_process_group
-from stochastic_vq.kmeans import CHUNK_ELEMENTS, kmeans, nearest_rows
-from stochastic_vq.usage import (
+from stochastic_vq_core.distributed import DEFAULT_GROUP, Sync, check_process_group
+from stochastic_vq_core.estimators import (
+    DEFAULT_ESTIMATOR,
+    DIVEQ_NOISE,
+    check_estimator,
+    estimate,
+)
+from stochastic_vq_core.kmeans import CHUNK_ELEMENTS, kmeans, nearest_rows
+from stochastic_vq_core.rules import check_bits_per_stage, check_int, check_real
+from stochastic_vq_core.usage import (
     DEFAULT_REPLACEMENT_NOISE,
     count_usage,
     replace_rows,
@@ -28,20 +35,7 @@ from stochastic_vq.usage import (
 )
 
 CPU = torch.device("cpu")
-NSVQ_EPS = 1e-12
 ACCELERATOR_CHUNK_SCALE = 32  # on GPUs encode chunks are this much larger (2**25 entries)
-
-
-def noise_substitution(x: torch.Tensor, q: torch.Tensor, eps: float = NSVQ_EPS) -> torch.Tensor:
-    """NSVQ output ``x + ||x - q|| * v / ||v||`` with ``v ~ N(0, I)``, per row.
-
-    x, q: (N, D). The output is at exactly the distance ``||x - q||`` from ``x`` in a
-    random direction, so gradients reach the codebooks through the error norm.
-    """
-    error_norm = torch.linalg.vector_norm(x - q, dim=-1, keepdim=True)  # (N, 1)
-    noise = torch.randn_like(x)
-    scale = error_norm / (torch.linalg.vector_norm(noise, dim=-1, keepdim=True) + eps)  # (N, 1)
-    return torch.addcmul(x, scale, noise)
 
 
 def _all_finite(x: torch.Tensor) -> bool:
@@ -60,20 +54,34 @@ def full_precision(device: torch.device):
     return contextlib.nullcontext()
 
 
-def check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 class VectorQuantizer(nn.Module):
-    """Base class of AVQ, PVQ and RVQ: NSVQ training, usage counting and replacement.
+    """Base class of AVQ, PVQ and RVQ: training-mode estimator, usage counting, replacement.
 
-    Subclasses create ``self.codebooks`` (an ``nn.Parameter``) in their constructor and
-    implement ``_encode(x) -> codes`` for x (N, D) float and codes (N, M) long, and
-    ``_decode(codes) -> (N, D)``, differentiable with respect to ``codebooks``.
+    A subclass creates ``self.codebooks`` (an ``nn.Parameter``) in its constructor and
+    implements the hooks
+
+    - ``_tables(dtype)``: per-call precomputed tables of the search (codewords in
+      ``dtype``, their squared norms, ...);
+    - ``_encode_chunk(x, tables)``: codes (n, M) int64 of x (n, D);
+    - ``_elements_per_row()``: size of the search's largest temporary per vector (sets the
+      chunk size);
+    - ``_decode(codes)``: vectors (N, D) of codes (N, M), differentiable in ``codebooks``;
+    - ``_stage_table(stage)``: a (K, d) view of one codebook (default: ``codebooks[stage]``);
+
+    and may override ``_replace`` (which rows one replacement pools), ``_init_target``
+    with ``_chained`` (what ``initialize_from_data`` fits each codebook to) and
+    ``search_tables`` / ``table_distances`` (nearest-neighbour search by lookup).
+
+    Keyword options (every subclass takes them):
+        check_finite: reject NaN/Inf input (one host sync per call; turn off for speed).
+        replacement_noise: noise of a replaced codeword, relative to the codewords' RMS.
+        process_group: over which processes ``replace_unused_codebooks`` synchronises:
+            "default" (the default group under torch.distributed, as DDP), None (no
+            synchronisation) or a torch.distributed.ProcessGroup.
+        estimator: the training-mode output: "nsvq" (the paper's noise substitution, the
+            default) or "diveq" (see ``stochastic_vq_core.estimators``).
+        diveq_noise: DiVeQ's noise relative to the quantization error's norm (>= 0; 0
+            makes the training output the hard quantization); used by "diveq" only.
 
     Attributes:
         num_stages: M, the number of codebooks.
@@ -83,36 +91,35 @@ class VectorQuantizer(nn.Module):
         bits_per_vector: M * vq_bitrate_per_stage.
         codebook_usage: (M, K) int64 buffer, batches in which each codeword was used
             since the last replacement (training mode only).
-        process_group: over which processes ``replace_unused_codebooks`` synchronises:
-            ``"default"``, ``None`` or a ProcessGroup (see ``stochastic_vq.distributed``).
     """
 
     def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
                  discard_threshold: float = 0.01, device=CPU, *, check_finite: bool = True,
                  replacement_noise: float = DEFAULT_REPLACEMENT_NOISE,
-                 process_group=DEFAULT_GROUP):
+                 process_group=DEFAULT_GROUP, estimator: str = DEFAULT_ESTIMATOR,
+                 diveq_noise: float = DIVEQ_NOISE):
         super().__init__()
         self.num_stages = check_int("num_stages", num_stages)
-        self.vq_bitrate_per_stage = check_int("vq_bitrate_per_stage", vq_bitrate_per_stage)
-        if vq_bitrate_per_stage > 30:
-            raise ValueError(f"vq_bitrate_per_stage must be <= 30, got {vq_bitrate_per_stage}")
+        self.vq_bitrate_per_stage = check_bits_per_stage("vq_bitrate_per_stage",
+                                                         vq_bitrate_per_stage)
         self.data_dim = check_int("data_dim", data_dim)
-        if isinstance(discard_threshold, bool) or not isinstance(discard_threshold, (int, float)):
-            raise TypeError("discard_threshold must be a float in [0, 1], "
-                            f"got {type(discard_threshold).__name__}")
-        if not 0.0 <= discard_threshold <= 1.0:
-            raise ValueError(f"discard_threshold must be in [0, 1], got {discard_threshold}")
-        if not replacement_noise >= 0.0:
-            raise ValueError(f"replacement_noise must be >= 0, got {replacement_noise}")
-        self.discard_threshold = float(discard_threshold)
+        self.discard_threshold = check_real("discard_threshold", discard_threshold, 0.0, 1.0)
+        self.replacement_noise = check_real("replacement_noise", replacement_noise)
+        self.estimator, self.diveq_noise = check_estimator(estimator, diveq_noise)
         self.check_finite = bool(check_finite)
-        self.replacement_noise = float(replacement_noise)
         self.process_group = check_process_group(process_group)
         self.codebook_size = 2 ** vq_bitrate_per_stage
         self.bits_per_vector = num_stages * vq_bitrate_per_stage
         self.register_buffer(
             "codebook_usage",
             torch.zeros(num_stages, self.codebook_size, dtype=torch.long, device=device))
+
+    @classmethod
+    def build(cls, num_stages: int, vq_bitrate_per_stage: int, data_dim: int, *,
+              beam_width: int | None = None, **options) -> VectorQuantizer:
+        """A quantizer of this class from the settings every method shares; ``beam_width``
+        is for the classes that search with a beam (AVQ) and ignored by the others."""
+        return cls(num_stages, vq_bitrate_per_stage, data_dim, **options)
 
     @property
     def num_codebooks(self) -> int:
@@ -132,7 +139,8 @@ class VectorQuantizer(nn.Module):
 
         Args:
             input_data: float tensor whose last dimension is ``data_dim``.
-            train_mode: True for the NSVQ output (differentiable, counts codebook usage),
+            train_mode: True for the estimator's output (NSVQ by default; differentiable,
+                counts codebook usage),
                 False for the hard-quantized vectors (detached). None follows
                 ``self.training``.
 
@@ -150,7 +158,8 @@ class VectorQuantizer(nn.Module):
             codes = self._search(x)  # (N, M)
             if train_mode:
                 count_usage(self.codebook_usage, codes)
-                out = noise_substitution(x, self._decode(codes).to(x.dtype))
+                out = estimate(self.estimator, self.diveq_noise, x,
+                               self._decode(codes).to(x.dtype))
             else:
                 with torch.no_grad():
                     out = self._decode(codes)
@@ -227,6 +236,30 @@ class VectorQuantizer(nn.Module):
         return replaced
 
     @torch.no_grad()
+    def search_tables(self, queries: torch.Tensor) -> torch.Tensor:
+        """Lookup tables (Q, M, K), float32 on the codebooks' device, for asymmetric search.
+
+        For a quantizer that sums its codewords (AVQ, RVQ): the inner products
+        ``<q, c_mk>`` of each query q (Q, D) with every codeword; ``table_distances``
+        turns their sums over a code's entries into squared distances.
+        """
+        q = queries.to(self.codebooks.device, torch.float32)  # (Q, D)
+        codebooks = self.codebooks.detach().reshape(
+            self.num_stages, self.codebook_size, self.data_dim)  # (M, K, D)
+        return torch.einsum("qd,mkd->qmk", q, codebooks)
+
+    def table_distances(self, table_sums: torch.Tensor, queries: torch.Tensor,
+                        decoded_norms: torch.Tensor) -> torch.Tensor:
+        """Squared distances (Q, N) from queries (Q, D) to decoded database vectors.
+
+        table_sums: (Q, N) sums over the M codebooks of the ``search_tables`` entries that
+        each database code picks; decoded_norms: (N,) squared norms of the decoded vectors.
+        ``||q - x||² = ||q||² - 2 Σ_m <q, c_m> + ||x||²``.
+        """
+        query_norms = queries.float().to(table_sums.device).pow(2).sum(1, keepdim=True)
+        return query_norms - 2.0 * table_sums + decoded_norms.unsqueeze(0)
+
+    @torch.no_grad()
     def initialize_from_data(self, samples: torch.Tensor, *, kmeans_iterations: int = 10,
                              disjoint: bool = False,
                              generator: torch.Generator | None = None) -> None:
@@ -280,8 +313,11 @@ class VectorQuantizer(nn.Module):
         return x - table[nearest_rows(x, table)]
 
     def extra_repr(self) -> str:
-        return (f"num_stages={self.num_stages}, vq_bitrate_per_stage={self.vq_bitrate_per_stage}, "
+        text = (f"num_stages={self.num_stages}, vq_bitrate_per_stage={self.vq_bitrate_per_stage}, "
                 f"data_dim={self.data_dim}, discard_threshold={self.discard_threshold}")
+        if self.estimator != DEFAULT_ESTIMATOR:
+            text += f", estimator={self.estimator!r}, diveq_noise={self.diveq_noise}"
+        return text
 
     def _search(self, x: torch.Tensor) -> torch.Tensor:
         """Codes (N, M) of x (N, D), searched in inference mode.
@@ -332,10 +368,8 @@ class VectorQuantizer(nn.Module):
         """The chosen codewords (N, M, d) for codes (N, M), differentiable in ``codebooks``."""
         offsets = torch.arange(0, self.num_stages * self.codebook_size, self.codebook_size,
                                device=codes.device)  # (M,) first row of each codebook
-        table = self.codebooks
-        if table.dim() != 2:  # PVQ, RVQ: (M, K, d) -> (MK, d)
-            table = table.reshape(self.num_stages * self.codebook_size, -1)
-        return F.embedding(codes + offsets, table)
+        rows = self.codebooks.reshape(self.num_stages * self.codebook_size, -1)  # (MK, d)
+        return F.embedding(codes + offsets, rows)
 
     def _replace(self, unused: torch.Tensor, generator: torch.Generator | None) -> None:
         """Replace unused codewords codebook by codebook; unused: (M, K) bool."""
@@ -369,8 +403,12 @@ class VectorQuantizer(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating point tensor, got {x.dtype}")
         if x.dim() == 0 or x.shape[-1] != self.data_dim:
+            hint = ""
+            if x.dim() == 4 and x.shape[1] == self.data_dim:
+                hint = ("; for a conv feature map (B, C, H, W) pass x.permute(0, 2, 3, 1) "
+                        "(channels last) and permute the output back with .permute(0, 3, 1, 2)")
             raise ValueError(f"{name} must have shape (..., {self.data_dim}), "
-                             f"got {tuple(x.shape)}")
+                             f"got {tuple(x.shape)}{hint}")
         if x.device != self.codebooks.device:
             raise ValueError(f"{name} is on {x.device} but the codebooks are on "
                              f"{self.codebooks.device}; move the module with .to()")
@@ -392,11 +430,26 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"indices must be in [0, {self.codebook_size - 1}], got values in "
                              f"[{int(indices.min())}, {int(indices.max())}]")
 
+    def get_extra_state(self) -> dict:
+        """What a checkpoint records beside the tensors: the class and the estimator."""
+        return {"quantizer": type(self).__name__, "estimator": self.estimator}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Nothing to restore: the estimator is the module's own (checked on loading)."""
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):
-        # Checkpoints of the original implementation hold only ``codebooks``.
-        key = prefix + "codebook_usage"
-        if key not in state_dict and prefix + "codebooks" in state_dict:
-            state_dict[key] = torch.zeros_like(self.codebook_usage)
+        # Checkpoints of the original implementation hold only ``codebooks``; those of
+        # versions before 2.1 lack the extra state. A state dict records the class that
+        # wrote it: loading it into another class is refused even when shapes match. The
+        # estimator may differ: the codebooks are the same kind of object.
+        if prefix + "codebooks" in state_dict:
+            state_dict.setdefault(prefix + "codebook_usage", torch.zeros_like(self.codebook_usage))
+            state_dict.setdefault(prefix + "_extra_state", self.get_extra_state())
+        saved = state_dict.get(prefix + "_extra_state")
+        if isinstance(saved, dict) and saved.get("quantizer") not in (None, type(self).__name__):
+            error_msgs.append(f"the state dict was written by a {saved['quantizer']}, not "
+                              f"a {type(self).__name__}")
+            return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
