@@ -146,19 +146,21 @@ def write_summary(log: dict, path: Path) -> None:
     text.text(0, 1, _describe(log), va="top", family="monospace", fontsize=9)
     fig.suptitle(log["name"])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # grown to hold all of the settings
 
 
 def _describe(log: dict) -> str:
-    lines = [f"{key:18} {value}" for key, value in log["config"].items() if value is not None]
+    """The settings and results of a run, one ``name value`` line each, names aligned."""
     eval_mse = log.get("eval_mse")
-    lines += ["", f"{'eval_mse':18} {eval_mse:.5f}" if eval_mse is not None else
-              "eval_mse           (not evaluated yet)",
-              f"{'eval on':18} {log.get('eval_on')}",
-              f"{'wall time':18} {log.get('wall_time', 0.0):.1f} s",
-              f"{'versions':18} library {log.get('library_version')}, "
-              f"torch {log.get('torch_version')}"]
-    return "\n".join(lines)
+    rows = [(key, value) for key, value in log["config"].items() if value is not None]
+    rows += [("", ""), ("eval_mse", f"{eval_mse:.5f}" if eval_mse is not None
+                        else "(not evaluated yet)"),
+             ("eval on", log.get("eval_on")),
+             ("wall time", f"{log.get('wall_time', 0.0):.1f} s"),
+             ("versions", f"library {log.get('library_version')}, "
+                          f"torch {log.get('torch_version')}")]
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key:{width}} {value}".rstrip() for key, value in rows)
 
 
 def write_comparison(logs: dict[str, dict], path: Path) -> None:

@@ -1,6 +1,7 @@
 """Training data: .npy files, seeded random streams, and the experiments' generators.
 
-- ``load_array`` / ``npy_columns``: an (N, D) .npy file, checked, as float32.
+- ``load_array`` / ``npy_columns``: an (N, D) .npy file, checked, as float32; any
+  other file (CSV, .npz, ...) is refused with the line that converts it.
 - ``stream_seed`` / ``batch_sampler``: the seeded streams of a training run (its data,
   NSVQ noise, replacement choices, evaluation data, initialisation), independent per
   rank, so that a run is reproducible and resumable.
@@ -19,6 +20,8 @@ The generators return float32 tensors of shape (N, D).
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -33,12 +36,22 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 RGB -> gray
 
 # --- files ------------------------------------------------------------------------------
 
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"  # first bytes of .npy and .npz files
+
+
 def load_array(path: str, setting: str = "data") -> torch.Tensor:
-    """Load an (N, D) real-valued .npy file as a float32 tensor; ConfigError if unusable."""
+    """Load an (N, D) real-valued .npy file as a float32 tensor; ConfigError if unusable.
+
+    The error names the file, what it holds instead and, for a text or .npz file, the
+    NumPy line that converts it.
+    """
+    _check_npy_file(path, setting)
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ConfigError(setting, f"cannot read {path}: {error}") from None
+    except ValueError:  # allow_pickle=False refuses object arrays; or a truncated file
+        raise ConfigError(setting, f"{path} holds no array of numbers (Python objects, or "
+                                   "a damaged file); save an (N, D) array of real numbers "
+                                   "with numpy.save") from None
     if not isinstance(array, np.ndarray) or array.ndim != 2 or 0 in array.shape:
         shape = getattr(array, "shape", "not an array")
         raise ConfigError(setting, f"{path} must hold an (N, D) array, got shape {shape}")
@@ -50,6 +63,43 @@ def load_array(path: str, setting: str = "data") -> torch.Tensor:
         raise ConfigError(setting, f"{path}: {len(bad)} rows contain NaN or Inf "
                                    f"(first: row {bad[0]})")
     return torch.from_numpy(array)
+
+
+def _check_npy_file(path: str, setting: str) -> None:
+    """ConfigError unless ``path`` can be opened and starts as a .npy file does."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(256)
+    except OSError as error:
+        raise ConfigError(setting, f"cannot read {path}: {error.strerror}") from None
+    if head.startswith(NPY_MAGIC):
+        return
+    stem = Path(path).with_suffix(".npy").name
+    expected = f"{path} is not a .npy file; expected an (N, D) array saved with numpy.save"
+    if head.startswith(ZIP_MAGIC):
+        try:
+            names = np.load(path, allow_pickle=False).files
+        except (OSError, ValueError, zipfile.BadZipFile):
+            names = []
+        name = names[0] if len(names) == 1 else "NAME"
+        raise ConfigError(setting, f"{expected}, found a .npz archive (arrays: "
+                                   f"{', '.join(names) or 'none'}); convert it with "
+                                   f"np.save('{stem}', np.load('{path}')['{name}'])")
+    if _is_text(head):
+        raise ConfigError(setting, f"{expected}, found text; convert a CSV file with "
+                                   f"np.save('{stem}', np.loadtxt('{path}', delimiter=',', "
+                                   "ndmin=2))")
+    raise ConfigError(setting, f"{expected}, found another binary format")
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether the first bytes of a file read as UTF-8 text (a full 256-byte head may end
+    inside a character, which is then ignored)."""
+    try:
+        text = head.decode("utf-8", errors="strict" if len(head) < 256 else "ignore")
+    except UnicodeDecodeError:
+        return False
+    return all(char.isprintable() or char in "\t\r\n" for char in text)
 
 
 def npy_columns(path: str, setting: str = "data") -> int:

@@ -4,6 +4,10 @@ A panel is a dict in the published schema: ``"Metric"``, the x axis (``"VQ Bitra
 ["12 bits", ...]`` or ``"T": ["1", ...]``), then per method ``"Mean (AVQ)"``,
 ``"Quantile Low (AVQ)"``, ``"Quantile High (AVQ)"``. The files written here add
 ``"Settings"``: the mode, sizes and versions that produced them.
+
+The published panels, from the original repository's ``Results/``, are bundled as data in
+``published_results.json`` (``{"source": ..., "figures": {"fig2": {file name: panel}}}``);
+``published_panels`` reads them, or the same files from a folder.
 """
 
 from __future__ import annotations
@@ -19,6 +23,37 @@ from stochastic_vq import __version__
 
 QUANTILES = (0.025, 0.975)  # the published bands
 SETTINGS_KEY = "Settings"
+PUBLISHED_RESULTS = Path(__file__).with_name("published_results.json")
+
+
+class PublishedError(ValueError):
+    """Published panels that cannot be read; the message is one line."""
+
+
+def published_panels(figure: str, source: Path = PUBLISHED_RESULTS) -> dict[str, dict]:
+    """The published panels of ``figure`` (``"fig2"``, ...) by file name.
+
+    ``source``: the bundled ``published_results.json`` (default), or a folder holding the
+    published JSON files under their original names (those of the figure found there).
+    PublishedError if the folder is missing or holds none of the figure's files.
+    """
+    bundled = json.loads(PUBLISHED_RESULTS.read_text(encoding="utf-8"))["figures"][figure]
+    if source == PUBLISHED_RESULTS:
+        return bundled
+    if not source.is_dir():
+        raise PublishedError(f"{source}: not a folder")
+    panels = {}
+    for name in bundled:
+        if (source / name).is_file():
+            try:
+                panels[name] = json.loads((source / name).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise PublishedError(f"{source / name}: cannot be read as JSON ({error})"
+                                     ) from None
+    if not panels:
+        raise PublishedError(f"{source} holds none of {figure}'s published files "
+                             f"({', '.join(bundled)})")
+    return panels
 
 
 def summary(values: list[float]) -> tuple[float, float, float]:
@@ -47,11 +82,11 @@ def run_settings(**settings) -> dict:
 
 def save_panels(panels: dict[str, dict], out: Path, figure: str, settings: dict, *,
                 label_key: str | None = None, title: str | None = None,
-                published: Path | None = None) -> list[Path]:
+                published: dict[str, dict] | None = None) -> list[Path]:
     """Write each panel's JSON (with ``settings``) and one PDF + PNG, a subplot per panel.
 
-    ``published``: a folder holding the published files of the same names; their curves
-    are drawn dashed beside ours.
+    ``published``: published panels by file name (``published_panels``); the curves of
+    those named as ours are drawn dashed beside ours.
     """
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -59,14 +94,18 @@ def save_panels(panels: dict[str, dict], out: Path, figure: str, settings: dict,
         path = out / name
         path.write_text(json.dumps({**panel, SETTINGS_KEY: settings}, indent=1) + "\n")
         written.append(path)
-    reference = {name: json.loads((published / name).read_text())
-                 for name in panels if published is not None and (published / name).is_file()}
-    return written + plot_panels(panels, out / figure, label_key, title, reference)
+    fig = draw_panels(panels, label_key, title, published or {})
+    paths = [(out / figure).with_suffix(".pdf"), (out / figure).with_suffix(".png")]
+    for path in paths:
+        fig.savefig(path, dpi=120, metadata={"CreationDate": None} if path.suffix == ".pdf"
+                    else None)
+    return written + paths
 
 
-def plot_panels(panels: dict[str, dict], stem: Path, label_key: str | None,
-                title: str | None, published: dict[str, dict]) -> list[Path]:
-    """Mean curves with quantile bands, one subplot per panel; returns the PDF and PNG."""
+def draw_panels(panels: dict[str, dict], label_key: str | None, title: str | None,
+                published: dict[str, dict]) -> Figure:
+    """Mean curves with quantile bands, one subplot per panel, and the published curves of
+    the panels named in ``published``, dashed."""
     fig = Figure(figsize=(4.5 * len(panels), 3.6))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (name, panel) in zip(axes, panels.items()):
@@ -87,11 +126,7 @@ def plot_panels(panels: dict[str, dict], stem: Path, label_key: str | None,
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize="small")
     fig.tight_layout()
-    paths = [stem.with_suffix(".pdf"), stem.with_suffix(".png")]
-    for path in paths:
-        fig.savefig(path, dpi=120, metadata={"CreationDate": None} if path.suffix == ".pdf"
-                    else None)
-    return paths
+    return fig
 
 
 def curve_names(panel: dict) -> list[str]:

@@ -25,24 +25,25 @@ import torch.nn.functional as F
 
 from stochastic_vq.figures import add_curve, bitrate_axis, save_panels
 from stochastic_vq.images import load_cifar10, photo_tiles, to_unit
-from stochastic_vq.methods import (
+from stochastic_vq.methods import build_quantizer
+from stochastic_vq.points import run_points
+from stochastic_vq_core.estimators import DEFAULT_ESTIMATOR
+from stochastic_vq_core.paper import (
     METHODS,
     PAPER_BITRATES,
     PAPER_STAGES,
     beam_width_for,
-    build_quantizer,
+    bits_per_stage,
     label,
 )
-from stochastic_vq.points import run_points
-from stochastic_vq.usage import replaces_at
+from stochastic_vq_core.usage import replaces_at
 from vq_vae import VQVAE
 
 LATENT_DIM = 64  # D of the paper's Figure 4 (its complexity panel 4c)
-LARGEST_BEAM = 16
 EVAL_BATCH = 256
 USAGE_IMAGES = 4096  # training images whose codes measure the codebook usage
 FILES = {"ssim": "SSIM_Fig4-a.json", "psnr": "PeakSNR_Fig4-b.json"}
-TITLES = {"ssim": "SSIM", "psnr": "Peak SNR"}
+METRIC_TITLES = {"ssim": "SSIM", "psnr": "Peak SNR"}
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,14 @@ def load_images(data: str | Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     return load_cifar10(data) if data is not None else photo_tiles()
 
 
-def build_model(method: str, bits: int, channels: int) -> VQVAE:
-    """The VQ-VAE of one point: ``method`` with 4 codebooks of ``bits // 4`` bits."""
-    per_stage = bits // PAPER_STAGES
+def build_model(method: str, bits: int, channels: int,
+                estimator: str = DEFAULT_ESTIMATOR) -> VQVAE:
+    """The VQ-VAE of one point: ``method`` with 4 codebooks of ``bits // 4`` bits, trained
+    with ``estimator``."""
+    per_stage = bits_per_stage(bits)
     quantizer = build_quantizer(method, PAPER_STAGES, per_stage, LATENT_DIM,
-                                beam_width_for(per_stage, LARGEST_BEAM), check_finite=False)
+                                beam_width_for(per_stage), check_finite=False,
+                                estimator=estimator)
     return VQVAE(quantizer, channels)
 
 
@@ -108,7 +112,7 @@ def train_vqvae(model: VQVAE, images: torch.Tensor, preset: ImagePreset,
     finishing = round(preset.decoder_finish * preset.steps) if replaces else 0
     hard_from = preset.steps - finishing  # later steps train the decoder alone
     optimizer = torch.optim.Adam(model.parameters(), lr=preset.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_lr_factor, preset))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_lr_schedule, preset))
     model.train()
     start = time.perf_counter()
     for step in range(1, preset.steps + 1):
@@ -140,7 +144,7 @@ def _hard_reconstruction(model: VQVAE, images: torch.Tensor) -> torch.Tensor:
     return model.reconstruct(quantized)
 
 
-def _lr_factor(preset: ImagePreset, step: int) -> float:
+def _lr_schedule(preset: ImagePreset, step: int) -> float:
     """Learning rate of step ``step`` (0-based) relative to ``preset.lr``: 1, then a linear
     fall to 0 over the last ``preset.decay`` share of the steps."""
     decay_steps = preset.decay * preset.steps
@@ -212,23 +216,28 @@ def image_point(preset: ImagePreset, data: str | None, method: str, bits: int,
 
 
 def run_fig4(preset: ImagePreset, out: Path, settings: dict, data: str | None = None,
-             jobs: int = 1, published: Path | None = None) -> list[Path]:
+             jobs: int = 1, published: dict[str, dict] | None = None) -> list[Path]:
     """Figure 4a (SSIM) and 4b (peak SNR) against the total bits per latent vector."""
     points = [(method, bits, seed) for method in METHODS for bits in preset.bits
               for seed in range(preset.seeds)]
-    start = time.perf_counter()
+    start = last = time.perf_counter()
 
     def report(done: int, point: tuple, value: tuple[float, float]) -> None:
+        """One line per finished point: its scores, the seconds since the previous point
+        finished (with jobs=1 the point's own time) and since the start."""
+        nonlocal last
+        now = time.perf_counter()
         method, bits, seed = point
         print(f"[{done}/{len(points)}] {label(method)} {bits:2d} bits seed {seed}: "
               f"PSNR {value[0]:.2f} dB, SSIM {value[1]:.4f} "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+              f"({now - last:.0f} s, {now - start:.0f} s in all)", flush=True)
+        last = now
 
     values = dict(zip(points, run_points(partial(image_point, preset, data), points, jobs,
                                          report)))
     panels = {}
     for index, metric in ((1, "ssim"), (0, "psnr")):
-        panel = {"Metric": TITLES[metric], "VQ Bitrate": bitrate_axis(preset.bits)}
+        panel = {"Metric": METRIC_TITLES[metric], "VQ Bitrate": bitrate_axis(preset.bits)}
         for method in METHODS:
             add_curve(panel, label(method), [[values[method, bits, seed][index]
                                               for seed in range(preset.seeds)]

@@ -1,6 +1,6 @@
 """The one training loop behind train_additive_vq.py, train_product_vq.py and train_residual_vq.py.
 
-Trains AVQ, PVQ or RVQ with NSVQ and Adam on N(0, 1) data (the paper's example) or on
+Trains AVQ, PVQ or RVQ with NSVQ (or DiVeQ) and Adam on N(0, 1) data (the paper's example) or on
 an (N, D) array, replaces unused codewords on the original schedule, logs per window,
 checkpoints, resumes exactly, evaluates, and runs unchanged under ``torchrun``.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -42,8 +43,6 @@ from stochastic_vq.data import (
     load_array,
     stream_seed,
 )
-from stochastic_vq.methods import build_quantizer
-from stochastic_vq.nsvq import VectorQuantizer
 from stochastic_vq.runfiles import (
     CHECKPOINT_FILE,
     LOG_FILE,
@@ -51,7 +50,8 @@ from stochastic_vq.runfiles import (
     write_checkpoint,
     write_json,
 )
-from stochastic_vq.usage import replaces_at
+from stochastic_vq_core.quantizer import VectorQuantizer
+from stochastic_vq_core.usage import replaces_at
 
 try:
     from tqdm import tqdm
@@ -92,7 +92,7 @@ def evaluate(quantizer: VectorQuantizer,
     return squared_error / elements
 
 
-def lr_factor(config: TrainConfig, data: torch.Tensor | None) -> float:
+def lr_data_scale(config: TrainConfig, data: torch.Tensor | None) -> float:
     """Factor from ``config.lr`` to Adam's step size: the data's standard deviation for
     ``lr_scale="data"`` (1 for the N(0, 1) stream), else 1."""
     if config.lr_scale == "absolute" or data is None:
@@ -129,6 +129,7 @@ def train(config: TrainConfig, data: torch.Tensor | np.ndarray | None = None,
     device = _device(config)
     data, eval_data = (_training_array(config, setting, array, device)
                        for setting, array in [("data", data), ("eval_data", eval_data)])
+    _warn_about_data(config, data, eval_data)
     resolved = config.resolved(on_data=data is not None)
     defaults = {name: getattr(resolved, name) for name in ("init", "lr_scale")
                 if getattr(config, name) is None}
@@ -154,6 +155,19 @@ def _training_array(config: TrainConfig, setting: str, array, device: torch.devi
     return as_training_array(array, setting, config.data_dim, path).to(device)
 
 
+def _warn_about_data(config: TrainConfig, data, eval_data) -> None:
+    """Warn when ``data`` cannot fill the codebooks or the evaluation would reuse it."""
+    if data is None:
+        return
+    if len(data) < 2**config.bits:
+        warnings.warn(f"data has {len(data)} rows, fewer than the {2**config.bits} codewords "
+                      "of each codebook: codewords stay unused and the MSE means little",
+                      stacklevel=3)
+    if eval_data is None:
+        warnings.warn("no eval_data: eval_mse will be measured on the training rows, not on "
+                      "held-out data", stacklevel=3)
+
+
 def _device(config: TrainConfig) -> torch.device:
     device = torch.device(config.device)
     if device.type == "cuda" and device.index is None:
@@ -170,9 +184,7 @@ class _Run:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) \
             if dist.is_initialized() else (0, 1)
         torch.manual_seed(stream_seed(config.seed, 0, INIT_STREAM))
-        self.quantizer = build_quantizer(config.method, config.stages, config.bits,
-                                         config.data_dim, config.beam_width,
-                                         discard_threshold=config.discard_threshold).to(device)
+        self.quantizer = config.build_quantizer(device)
         if config.init != "uniform":
             disjoint = config.init == "data-disjoint"
             self.quantizer.initialize_from_data(self._init_samples(data, disjoint),
@@ -181,7 +193,7 @@ class _Run:
         if self.world > 1:  # usage counters are per rank: never broadcast buffers
             self.model = DistributedDataParallel(self.quantizer, **_NO_BUFFER_SYNC)
         self.optimizer = torch.optim.Adam(self.quantizer.parameters(), fused=True,
-                                          lr=config.lr * lr_factor(config, data))
+                                          lr=config.lr * lr_data_scale(config, data))
         torch.manual_seed(stream_seed(config.seed, self.rank, NOISE_STREAM))
         self.data_rng = torch.Generator(device).manual_seed(
             stream_seed(config.seed, self.rank, DATA_STREAM))
@@ -353,7 +365,8 @@ def _eval_source(config: TrainConfig, data, eval_data, device):
     """(samples for ``evaluate``, count, description) of the final evaluation set."""
     chosen = eval_data if eval_data is not None else data
     if chosen is not None:
-        source = "eval_data" if eval_data is not None else "the training data (no eval_data)"
+        source = ("eval_data" if eval_data is not None
+                  else "the training data, not held out (no eval_data)")
         return chosen, None, f"{len(chosen)} rows of {source}"
     generator = torch.Generator(device).manual_seed(stream_seed(config.seed, 0, EVAL_STREAM))
     sampler = lambda n: torch.randn(n, config.data_dim, generator=generator, device=device)

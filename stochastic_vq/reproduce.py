@@ -1,4 +1,4 @@
-"""Reproduce the paper's experiments: one sub-command per figure, results into Results/.
+"""Reproduce the paper's experiments: one sub-command per figure, results into output/.
 
     python reproduce.py fig2 [--quick]     # MSE vs bitrate, correlated and uncorrelated, D = 64
     python reproduce.py fig3 [--quick]     # MSE vs bitrate, uncorrelated, D = 64, 128, 256
@@ -9,25 +9,41 @@
     python reproduce.py point --method avq --bits 40 --dim 128   # one MSE value of fig2/fig3
 
 Each writes JSON files in the schema of the published ones plus ``"Settings"`` (mode,
-sizes, versions), and a PDF and PNG plot; ``--published DIR`` draws the published curves
-of the same files beside ours. Full mode (the default) uses the paper's settings,
-``--quick`` a run sized for a CPU and ``--tiny`` a seconds-long smoke run for the tests.
+sizes, versions), and a PDF and PNG plot, into output/reproduce/FIGURE (``--out Results``
+replaces the committed results); ``--published`` draws the published curves beside ours.
+Full mode (the default) uses the paper's settings, ``--quick`` a run sized for a CPU and
+``--tiny`` a seconds-long smoke run for the tests. A user's mistake (an unreadable
+``--data`` or ``--published`` folder, a missing optional package) is one line on stderr
+and exit status 2, before anything runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NoReturn
 
 from stochastic_vq import ann_experiment, image_experiment, mse_experiment
-from stochastic_vq.figures import run_settings
-from stochastic_vq.methods import METHODS, PAPER_STAGES
+from stochastic_vq.ann import read_vecs
+from stochastic_vq.figures import (
+    PUBLISHED_RESULTS,
+    PublishedError,
+    published_panels,
+    run_settings,
+)
+from stochastic_vq.images import ImageDataError
+from stochastic_vq_core.paper import METHODS, PAPER_STAGES
 
 FIGURES = ("fig2", "fig3", "fig4", "fig5", "fig6a")
 EXPERIMENTS = {"fig2": mse_experiment, "fig3": mse_experiment, "fig4": image_experiment,
                "fig5": ann_experiment, "fig6a": ann_experiment}
+DATA_FIGURES = ("fig4", "fig5", "fig6a")  # the figures that read --data
+# optional module (from the "experiments" extra) each figure needs: (module, package)
+OPTIONAL_MODULES = {"fig4": ("skimage", "scikit-image")}
+DEFAULT_OUT = Path("output", "reproduce")  # + the figure's name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,13 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "photographs; fig5/fig6a: the SIFT1M directory (sift_learn.fvecs,"
                              " sift_base.fvecs, sift_query.fvecs, sift_groundtruth.ivecs), "
                              "default: a synthetic AR(1) corpus")
-    parser.add_argument("--out", default="Results", help="output folder (default: Results)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default: {DEFAULT_OUT}/FIGURE, e.g. "
+                             f"{DEFAULT_OUT / 'fig2'}; --out Results replaces the "
+                             "committed results)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="fig2, fig3, fig4: training runs in parallel, each in its own "
                              "process with one CPU thread (default: 1)")
-    parser.add_argument("--published", type=Path, default=None, metavar="DIR",
-                        help="a folder with the published JSON files of the same names: "
-                             "their curves are drawn dashed beside ours")
+    parser.add_argument("--published", type=Path, nargs="?", const=PUBLISHED_RESULTS,
+                        default=None, metavar="DIR",
+                        help="draw the published curves dashed beside ours: without DIR "
+                             "the values bundled with the library (from the original "
+                             "repository's Results/), with DIR the published JSON files "
+                             "in that folder")
     point = parser.add_argument_group("point", "one training run of fig2/fig3, printed")
     point.add_argument("--kind", choices=["correlated", "uncorrelated"], default="uncorrelated")
     point.add_argument("--method", type=str.lower, choices=METHODS)
@@ -76,6 +98,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     bad = [bits for bits in args.bits or () if bits < PAPER_STAGES or bits % PAPER_STAGES]
     if bad:
         parser.error(f"--bits must be positive multiples of {PAPER_STAGES}, got {bad}")
+    if args.data is not None and args.figure not in (*DATA_FIGURES, "all"):
+        parser.error(f"--data applies to {', '.join(DATA_FIGURES)} only, not {args.figure}")
     if args.figure != "point":
         return
     if args.method is None or args.bits is None:
@@ -101,11 +125,61 @@ def preset_for(figure: str, args: argparse.Namespace):
     return replace(preset, **changes)
 
 
-def run_figure(figure: str, args: argparse.Namespace) -> list[Path]:
+def fail(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Exit with status 2 after one line on stderr: ``PROG: error: message``."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
+def check_packages(parser: argparse.ArgumentParser, figures: tuple[str, ...]) -> None:
+    """Fail unless the optional modules that ``figures`` import are installed."""
+    for figure in figures:
+        module, package = OPTIONAL_MODULES.get(figure, (None, None))
+        if module is not None and importlib.util.find_spec(module) is None:
+            fail(parser, f"{figure} needs {package} (module {module}), which is not "
+                         f'installed: pip install ".[experiments]"')
+
+
+def check_data(parser: argparse.ArgumentParser, args: argparse.Namespace,
+               figures: tuple[str, ...]) -> None:
+    """Fail unless the figures that read ``--data`` can read it (before any run)."""
+    if args.data is None:
+        return
+    try:
+        if "fig4" in figures:
+            image_experiment.load_images(args.data)
+        if "fig5" in figures or "fig6a" in figures:
+            check_sift(Path(args.data))
+    except (ImageDataError, ValueError, OSError) as error:
+        fail(parser, f"argument --data: {error}")
+
+
+def check_sift(directory: Path) -> None:
+    """ValueError (one line) unless ``directory`` holds SIFT1M's files, each well formed."""
+    missing = [name for name in ann_experiment.SIFT_FILES if not (directory / name).is_file()]
+    if missing:
+        raise ValueError(f"{directory} lacks {', '.join(missing)} of the SIFT1M "
+                         "data set (sift_learn/base/query.fvecs, sift_groundtruth.ivecs)")
+    for name in ann_experiment.SIFT_FILES:
+        read_vecs(directory / name, count=1)
+
+
+def read_published(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   figure: str) -> dict[str, dict] | None:
+    """The published panels ``--published`` asks for (None without it); fails if unusable."""
+    if args.published is None:
+        return None
+    try:
+        return published_panels(figure, args.published)
+    except PublishedError as error:
+        fail(parser, f"argument --published: {error}")
+
+
+def run_figure(figure: str, args: argparse.Namespace,
+               published: dict[str, dict] | None = None) -> list[Path]:
     """Run one figure's experiment and write its files; returns them."""
     preset = preset_for(figure, args)
     settings = run_settings(mode=mode(args), **asdict(preset))
-    out, published = Path(args.out), args.published
+    out = args.out if args.out is not None else DEFAULT_OUT / figure
     if figure in ("fig2", "fig3"):
         run = {"fig2": mse_experiment.run_fig2, "fig3": mse_experiment.run_fig3}[figure]
         return run(preset, out, settings, args.jobs, published)
@@ -118,20 +192,26 @@ def run_figure(figure: str, args: argparse.Namespace) -> list[Path]:
     return run(preset, out, settings, corpus, published)
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    """Run the chosen experiment(s); returns the files written."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen experiment(s), print ``wrote PATH`` per file; returns 0.
+
+    A bad command line or input exits with status 2 (SystemExit) before anything runs.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
     if args.figure == "point":
         point = (args.kind, args.method, args.bits[0], args.dim, args.seed)
         mse_experiment.mse_points(preset_for("fig2", args), [point])
-        return []
-    written: list[Path] = []
-    for figure in FIGURES if args.figure == "all" else (args.figure,):
+        return 0
+    figures = FIGURES if args.figure == "all" else (args.figure,)
+    published = {figure: read_published(parser, args, figure) for figure in figures}
+    check_packages(parser, figures)
+    check_data(parser, args, figures)
+    for figure in figures:
         start = time.perf_counter()
-        written += run_figure(figure, args)
+        written = run_figure(figure, args, published[figure])
         print(f"{figure}: {time.perf_counter() - start:.1f} s", flush=True)
-    for path in written:
-        print(f"wrote {path}")
-    return written
+        for path in written:
+            print(f"wrote {path}", flush=True)
+    return 0

@@ -72,3 +72,48 @@ def test_patches_are_the_windows_of_the_image():
     assert patches.shape == (6, 9)
     assert torch.equal(patches[0], image[:3, :3].flatten())
     assert torch.equal(patches[4], image[2:5, 2:5].flatten())
+
+
+def _write(folder, name: str) -> str:
+    """The path of a file a newcomer might pass as --data, written by its name
+    (missing.npy: not written)."""
+    path = folder / name
+    if name == "vecs.csv":
+        path.write_text("1.0,2.0\n3.0,4.0\n")
+    elif name == "two.npz":
+        np.savez(path, train=np.zeros((3, 2)), test=np.ones((2, 2)))
+    elif name == "one.npz":
+        np.savez(path, vectors=np.zeros((3, 2)))
+    elif name == "objects.npy":
+        np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    elif name == "image.npy":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    return str(path)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("vecs.csv", "vecs.csv is not a .npy file; expected an (N, D) array saved with numpy.save, "
+                 "found text; convert a CSV file with np.save('vecs.npy', "
+                 "np.loadtxt('{path}', delimiter=',', ndmin=2))"),
+    ("two.npz", "found a .npz archive (arrays: train, test); convert it with "
+                "np.save('two.npy', np.load('{path}')['NAME'])"),
+    ("one.npz", "np.save('one.npy', np.load('{path}')['vectors'])"),
+    ("objects.npy", "objects.npy holds no array of numbers (Python objects"),
+    ("image.npy", "image.npy is not a .npy file; expected an (N, D) array saved with "
+                  "numpy.save, found another binary format"),
+    ("missing.npy", "cannot read {path}: No such file or directory"),
+])
+def test_load_array_names_the_file_what_it_holds_and_the_conversion(name, message, tmp_path):
+    path = _write(tmp_path, name)
+    with pytest.raises(ConfigError) as info:
+        data.load_array(path, "data")
+    assert message.format(path=path) in info.value.message
+    assert "allow_pickle" not in info.value.message  # never advise the unsafe fix
+    assert info.value.setting == "data"
+
+
+def test_the_csv_conversion_the_error_gives_makes_a_loadable_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "vecs.csv")
+    np.save("vecs.npy", np.loadtxt("vecs.csv", delimiter=",", ndmin=2))
+    assert data.load_array("vecs.npy").tolist() == [[1.0, 2.0], [3.0, 4.0]]

@@ -9,8 +9,9 @@ from helpers import tiny, without_times
 from stochastic_vq import loop
 from stochastic_vq.config import ConfigError
 from stochastic_vq.loop import train
-from stochastic_vq.methods import METHODS, build_quantizer, quantizer_class
-from stochastic_vq.usage import replaces_at
+from stochastic_vq.methods import build_quantizer, quantizer_class
+from stochastic_vq_core.paper import METHODS
+from stochastic_vq_core.usage import replaces_at
 
 
 def test_replacement_schedule_is_the_originals():
@@ -79,9 +80,9 @@ def test_evaluate_is_the_mse_per_dimension_of_hard_quantization():
 def test_lr_scale_data_multiplies_lr_by_the_datas_standard_deviation():
     data = 50.0 + 40.0 * torch.randn(2000, 8)
     std = float(data.std())
-    assert loop.lr_factor(tiny("rvq", lr_scale="data"), data) == pytest.approx(std)
-    assert loop.lr_factor(tiny("rvq", lr_scale="absolute"), data) == 1.0  # the paper's
-    assert loop.lr_factor(tiny("rvq", lr_scale="data"), None) == 1.0  # N(0, 1) stream
+    assert loop.lr_data_scale(tiny("rvq", lr_scale="data"), data) == pytest.approx(std)
+    assert loop.lr_data_scale(tiny("rvq", lr_scale="absolute"), data) == 1.0  # the paper's
+    assert loop.lr_data_scale(tiny("rvq", lr_scale="data"), None) == 1.0  # N(0, 1) stream
 
 
 def test_raw_scale_data_trains_with_data_init_and_relative_lr():
@@ -106,3 +107,22 @@ def test_train_rejects_a_bad_config_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="^steps: must be an integer >= 1"):
         train(tiny("rvq", steps=0, out=str(tmp_path / "run")), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_training_on_data_without_eval_data_warns_and_says_so_in_the_log():
+    data = torch.randn(500, 8)
+    with pytest.warns(UserWarning, match="no eval_data: eval_mse will be measured on the "
+                                         "training rows"):
+        result = train(tiny("rvq", steps=20), data, progress=False)
+    assert result["eval_on"] == "500 rows of the training data, not held out (no eval_data)"
+
+
+def test_fewer_rows_than_codewords_warns():
+    """5 rows for codebooks of 8 codewords: the codebooks cannot be filled."""
+    with pytest.warns(UserWarning, match="data has 5 rows, fewer than the 8 codewords"):
+        train(tiny("pvq", steps=20), torch.randn(5, 8), torch.randn(50, 8), progress=False)
+
+
+def test_held_out_data_of_enough_rows_trains_without_warning(recwarn):
+    train(tiny("avq", steps=20), torch.randn(500, 8), torch.randn(50, 8), progress=False)
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import plot_training_logs
@@ -36,6 +37,20 @@ def test_plots_a_fresh_log(runs, capsys):
     pages = re.findall(rb"/Type\s*/Page[^s]", pdf.read_bytes())
     assert len(pages) == 1 + 3  # loss and replacements, then one usage page per window
     assert f"wrote {png}" in capsys.readouterr().out
+
+
+def test_summary_shows_every_setting_and_nothing_runs_off_its_edges(runs):
+    """The settings text ends with the versions line, and the image's outermost pixels are
+    blank: no text or plot is cut off at the border."""
+    import matplotlib.image
+
+    assert plot_training_logs.main([str(runs[0])]) == 0
+    log = json.loads((runs[0] / "log.json").read_text())
+    assert plot_training_logs._describe(log).splitlines()[-1].startswith("versions")
+    pixels = matplotlib.image.imread(runs[0] / "training_summary.png")[..., :3]  # (H, W, 3)
+    border = np.concatenate([pixels[:3].reshape(-1, 3), pixels[-3:].reshape(-1, 3),
+                             pixels[:, :3].reshape(-1, 3), pixels[:, -3:].reshape(-1, 3)])
+    assert border.min() == 1.0  # white
 
 
 def test_several_runs_give_a_comparison_plot(runs, tmp_path):
