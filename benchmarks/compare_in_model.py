@@ -1,44 +1,59 @@
-"""The same VQ-VAE with only its bottleneck swapped: this library's NSVQ quantizers against
-vector-quantize-pytorch's straight-through / EMA layers, at equal bits per latent vector.
+"""The same VQ-VAE with only its bottleneck swapped: this library's quantizers against every
+peer a user could pick, at equal bits per latent vector.
 
-    python benchmarks/compare_in_model.py --bits 16 32 --seeds 2
+    python benchmarks/compare_in_model.py --bits 16 32 --seeds 2 --jobs 2
     python benchmarks/compare_in_model.py --data ~/data/cifar-10-batches-py --bits 16 32
-    python benchmarks/compare_in_model.py --bits 16 --steps 500 --json rows.json
+    python benchmarks/compare_in_model.py --bits 16 --only diveq --json rows.json
+    python benchmarks/compare_in_model.py --bits 16 --arms rvq ResidualVQ --estimator diveq
+    python benchmarks/compare_in_model.py --list
 
 Every run trains ``vq_vae.VQVAE`` with the settings of ``reproduce.py fig4 --quick`` (64
 channels, batch 32, 2000 steps of Adam on the MSE for the whole model at 1e-3, falling
-linearly to 0 over the last quarter; M = 4 codebooks, D = 64) and the training function
-of the Figure 4 experiment; only the quantizer differs:
+linearly to 0 over the last quarter; M = 4 codebooks of ``bits / 4`` bits, D = 64) and the
+training function of the Figure 4 experiment; only the quantizer differs. The arms
+(``ARMS``, ``--list``), each with its library's recommended settings:
 
-- this library: AVQ (beam min(K, 16)), RVQ and PVQ trained by NSVQ, unused codewords
-  replaced every ``--replace-every`` steps (never in the last 2 x that many);
-- vector-quantize-pytorch (optional dependency): ``ResidualVQ`` with its defaults
-  (EMA codebooks, straight-through estimator, commitment loss 1.0) and with k-means
-  initialisation and dead-code expiry (``kmeans_init=True, threshold_ema_dead_code=2``);
-  ``VectorQuantize`` with 4 heads of separate 16-dimensional codebooks (product
-  quantization of the latent vector), with its defaults and with the same two options.
+- this library: AVQ (beam min(K, 16)), RVQ and PVQ, each trained by NSVQ and by DiVeQ,
+  unused codewords replaced every ``--replace-every`` steps (never in the last 2 x that);
+- vector-quantize-pytorch 1.32 (optional): ``ResidualVQ``, and ``VectorQuantize`` with 4
+  heads of separate 16-dimensional codebooks (product quantization of the latent vector),
+  each (a) with its defaults: EMA codebooks, gradients through the rotation trick (not a
+  plain straight-through estimator), commitment loss 1.0; (b) with k-means initialisation
+  and dead-code expiry; (c) with DiVeQ (``ResidualVQ(diveq=True)``,
+  ``VectorQuantize(directional_reparam=True)``, which requires dead-code expiry);
+- diveq 0.1.3 (optional, the DiVeQ authors'): ``ResidualDIVEQ``, ``ProductDIVEQ`` and the
+  space-filling ``ResidualSFDIVEQ``, ``ProductSFDIVEQ``, with the package's defaults (its
+  own codeword replacement every 100 steps). SF-DiVeQ's inference maps each stage to the
+  nearest point of the polyline through its codewords, a continuous position: its rows
+  are labelled "continuous codes, not N bits";
+- nsvq 0.1.0 (optional, the NSVQ authors'): ``ResidualNSVQ`` and ``ProductNSVQ``, the same
+  method as ours, with the package's defaults (its own replacement every 100 steps).
 
-The commitment loss of vector-quantize-pytorch is added to the MSE, as its README does.
-Test images are scored as in Figure 4 (8-bit reconstructions, scikit-image PSNR and
-SSIM). Usage is the share of all codebook entries that the codes of 4096 training images
-use after training. One row per quantizer and bitrate: means over seeds, with the range
-over seeds.
+The auxiliary (commitment) loss of vector-quantize-pytorch is added to the MSE, as its
+README does; the authors' packages have none. Test images are scored as in Figure 4
+(8-bit reconstructions, scikit-image PSNR and SSIM). Usage is the share of all codebook
+entries that the codes of 4096 training images use after training. One row per arm and
+bitrate: means over seeds, with the range over seeds. ``--jobs N`` trains N runs at once,
+each in its own process with one CPU thread; the rows do not depend on N.
 
 ``--diagnose`` adds the test PSNR of each trained model with its decoder fed the
-unquantized latents (what the quantization costs) and, for this library's rows, the NSVQ
-latents of training (unquantized latents plus noise of the quantization error's norm).
+unquantized latents (what the quantization costs) and, for this library's rows, the
+latents its quantizer gives in training mode (NSVQ's or DiVeQ's output).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import statistics
 import sys
 import time
-from dataclasses import replace
-from functools import partial
+from dataclasses import dataclass, replace
+from functools import cache, partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -46,119 +61,288 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stochastic_vq import image_experiment  # noqa: E402
-from stochastic_vq.methods import METHODS, PAPER_STAGES  # noqa: E402
-from stochastic_vq.nsvq import noise_substitution  # noqa: E402
+from stochastic_vq.points import run_points  # noqa: E402
+from stochastic_vq_core.estimators import DIVEQ_NOISE, ESTIMATORS  # noqa: E402
+from stochastic_vq_core.paper import METHODS, PAPER_STAGES, label  # noqa: E402
 from vq_vae import VQVAE  # noqa: E402
 
-THEIRS = ("ResidualVQ", "ResidualVQ kmeans+expiry", "VectorQuantize heads",
-          "VectorQuantize heads kmeans+expiry")
-DEAD_CODE_THRESHOLD = 2  # the value of vector-quantize-pytorch's README example
+VQP = "vector-quantize-pytorch"
+LIBRARIES = ("this", VQP, "diveq", "nsvq")
+MODULES = {VQP: "vector_quantize_pytorch", "diveq": "diveq", "nsvq": "nsvq"}  # to import
+DEAD_CODE_THRESHOLD = 2  # the value of vector-quantize-pytorch's README examples
+EXPIRY = {"kmeans_init": True, "threshold_ema_dead_code": DEAD_CODE_THRESHOLD}
 SCORES = ("psnr", "ssim", "usage", "step_ms")  # of every run
-DIAGNOSES = ("psnr_unquantized", "psnr_nsvq")  # of a run with --diagnose (NSVQ: ours only)
+DIAGNOSES = ("psnr_unquantized", "psnr_train_mode")  # of a run with --diagnose (2nd: ours)
 
 
-class TheirLayer(nn.Module):
-    """A vector-quantize-pytorch layer behind this library's quantizer interface.
+class PeerQuantizer(nn.Module):
+    """Another library's layer behind this library's quantizer interface.
 
-    ``forward(x) -> (quantized, None)`` for latents (..., D); the layer's commitment loss
-    of the last call is kept in ``loss``; ``encode(x) -> (..., M)`` codes.
+    ``forward(x) -> (quantized, None)`` for latents (..., D): the layer's training output in
+    training mode, its hard quantization in eval mode; ``encode(x) -> (..., M)`` int64
+    codes; ``loss``: the auxiliary loss of the last training call (0 when there is none).
+    ``bits`` per latent vector over M = 4 codebooks of ``2 ** (bits / 4)`` entries.
     """
 
-    def __init__(self, name: str, bits: int, dim: int):
+    def __init__(self, bits: int):
         super().__init__()
-        from vector_quantize_pytorch import ResidualVQ, VectorQuantize  # optional
-
-        stages, size = PAPER_STAGES, 2 ** (bits // PAPER_STAGES)
-        options = ({"kmeans_init": True, "threshold_ema_dead_code": DEAD_CODE_THRESHOLD}
-                   if "kmeans" in name else {})
-        if name.startswith("ResidualVQ"):
-            self.layer = ResidualVQ(dim=dim, num_quantizers=stages, codebook_size=size,
-                                    **options)
-        else:
-            self.layer = VectorQuantize(dim=dim, codebook_size=size, heads=stages,
-                                        separate_codebook_per_head=True,
-                                        codebook_dim=dim // stages, **options)
-        self.data_dim, self.num_stages, self.codebook_size = dim, stages, size
+        self.data_dim, self.num_stages = image_experiment.LATENT_DIM, PAPER_STAGES
+        self.codebook_size = 2 ** (bits // PAPER_STAGES)
         self.bits_per_vector = bits
         self.loss = torch.zeros(())
 
-    def forward(self, x: torch.Tensor):
+
+class VQPytorchLayer(PeerQuantizer):
+    """vector-quantize-pytorch's ``ResidualVQ`` (``kind="ResidualVQ"``) or ``VectorQuantize``
+    with M heads of separate D/M-dimensional codebooks (``kind="VectorQuantize"``), built
+    with the keyword arguments ``options``."""
+
+    def __init__(self, kind: str, options: dict, bits: int):
+        super().__init__(bits)
+        from vector_quantize_pytorch import ResidualVQ, VectorQuantize  # optional
+
+        if kind == "ResidualVQ":
+            self.layer = ResidualVQ(dim=self.data_dim, num_quantizers=self.num_stages,
+                                    codebook_size=self.codebook_size, **options)
+        else:
+            self.layer = VectorQuantize(dim=self.data_dim, codebook_size=self.codebook_size,
+                                        heads=self.num_stages, separate_codebook_per_head=True,
+                                        codebook_dim=self.data_dim // self.num_stages,
+                                        **options)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         quantized, _, loss = self.layer(x.reshape(len(x), -1, self.data_dim))  # (B, n, D)
         self.loss = loss.sum()
         return quantized.reshape(x.shape), None
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes (..., M) of latents (..., D); call it in eval mode (in training mode the
+        layer would also update its codebooks)."""
         _, codes, _ = self.layer(x.reshape(len(x), -1, self.data_dim))  # (B, n, M)
         return codes.reshape(*x.shape[:-1], self.num_stages)
 
 
-def run(library: str, quantizer: str, bits: int, seed: int, images, preset,
-        diagnose: bool = False) -> dict:
-    """Train one VQ-VAE and score it: a row with PSNR, SSIM, usage and ms per step
-    (with ``diagnose``, also the PSNR from unquantized and from NSVQ latents)."""
-    train_images, test_images = images
+class AuthorsLayer(PeerQuantizer):
+    """A multi-codebook class of the authors' ``diveq`` or ``nsvq`` package (``module``,
+    ``name``), built with its defaults and ``options``. Training calls its ``forward``
+    (which also replaces unused codewords on its own schedule), eval its ``inference``.
+    The SF-DiVeQ classes' hard output is a continuous point between two codewords per
+    stage; their ``encode`` gives the nearest codeword of each stage (what usage counts).
+    """
+
+    def __init__(self, module: str, name: str, bits: int, **options):
+        super().__init__(bits)
+        layer_class = getattr(importlib.import_module(module), name)
+        self.layer = layer_class(self.codebook_size, self.data_dim, self.num_stages,
+                                 verbose=False, **options)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        flat = x.reshape(-1, self.data_dim)  # (N, D)
+        quantized = self.layer(flat)[0] if self.training else self.layer.inference(flat)[0]
+        return quantized.reshape(x.shape), None
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes (..., M) of latents (..., D): the nearest codeword of each stage."""
+        _, codes, _ = self.layer.inference(x.reshape(-1, self.data_dim))  # M x (N,)
+        return torch.stack(list(codes), dim=-1).reshape(*x.shape[:-1], self.num_stages)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One bottleneck of the comparison.
+
+    library: one of LIBRARIES; quantizer: the class (this library: the method key);
+    estimator: how gradients pass the quantizer in training; settings: in words;
+    build(bits, channels): the untrained VQ-VAE; continuous: whether the codes include a
+    continuous position, so that they are not ``bits`` bits.
+    """
+
+    library: str
+    quantizer: str
+    estimator: str
+    settings: str
+    build: Callable[[int, int], VQVAE]
+    continuous: bool = False
+
+    @property
+    def name(self) -> str:
+        """``library quantizer estimator``, what ``--arms`` matches."""
+        return f"{self.library} {self.quantizer} {self.estimator}"
+
+    def rate(self, bits: int) -> str:
+        """The rate the codes really spend, in words."""
+        return f"continuous codes, not {bits} bits" if self.continuous else f"{bits} bits"
+
+
+def _peer_model(quantizer: Callable[[int], nn.Module], bits: int, channels: int) -> VQVAE:
+    """The VQ-VAE with ``quantizer(bits)`` in its bottleneck."""
+    return VQVAE(quantizer(bits), channels)
+
+
+def _ours(method: str, estimator: str) -> Arm:
+    """This library's arm of ``method`` trained by ``estimator``."""
+    settings = (["beam min(K, 16)"] if method == "avq" else []) + (
+        [f"diveq_noise {DIVEQ_NOISE:g} (relative to the error norm)"]
+        if estimator == "diveq" else []) + [
+        "unused codewords replaced every --replace-every steps"]
+    return Arm("this", method, estimator, "; ".join(settings),
+               partial(image_experiment.build_model, method, estimator=estimator))
+
+
+def _vqp(quantizer: str, estimator: str, settings: str, options: dict) -> Arm:
+    """A vector-quantize-pytorch arm: the class named first in ``quantizer``, ``options``."""
+    kind = quantizer.split()[0]
+    return Arm(VQP, quantizer, estimator, settings,
+               partial(_peer_model, partial(VQPytorchLayer, kind, options)))
+
+
+def _authors(module: str, name: str, estimator: str, settings: str) -> Arm:
+    """An arm of the authors' package ``module``: its class ``name`` with its defaults."""
+    return Arm(module, name, estimator, settings,
+               partial(_peer_model, partial(AuthorsLayer, module, name)),
+               continuous=estimator == "sf-diveq")
+
+
+_VQP_DEFAULTS = "defaults: EMA codebooks (decay 0.8), commitment loss 1.0"
+_AUTHORS_DEFAULTS = ("package defaults: codebooks U(0, 1/K), entries used in < 1 % of 100 "
+                     "steps replaced every 100 steps")
+_SF_DEFAULTS = ("package defaults: residual/product DiVeQ with replacement for 1000 steps, "
+                "codebooks then set from the last 50 steps' latents, SF-DiVeQ after")
+ARMS = (
+    *[_ours(method, estimator) for estimator in ESTIMATORS for method in METHODS],
+    _vqp("ResidualVQ", "rotation trick", _VQP_DEFAULTS, {}),
+    _vqp("ResidualVQ kmeans+expiry", "rotation trick",
+         f"kmeans_init=True, threshold_ema_dead_code={DEAD_CODE_THRESHOLD}", EXPIRY),
+    _vqp("ResidualVQ diveq=True", "diveq",
+         "codebooks learnt by Adam (no EMA), DiVeQ on the sum (variance 5e-3), no "
+         "commitment loss, no expiry", {"diveq": True}),
+    _vqp("VectorQuantize heads", "rotation trick", _VQP_DEFAULTS, {}),
+    _vqp("VectorQuantize heads kmeans+expiry", "rotation trick",
+         f"kmeans_init=True, threshold_ema_dead_code={DEAD_CODE_THRESHOLD}", EXPIRY),
+    _vqp("VectorQuantize heads directional_reparam", "diveq",
+         "codebooks learnt by Adam (no EMA), DiVeQ per head (variance 5e-3), no commitment "
+         f"loss, threshold_ema_dead_code={DEAD_CODE_THRESHOLD} (required)",
+         {"directional_reparam": True, "threshold_ema_dead_code": DEAD_CODE_THRESHOLD}),
+    _authors("diveq", "ResidualDIVEQ", "diveq", f"{_AUTHORS_DEFAULTS}; noise_var 1e-3"),
+    _authors("diveq", "ProductDIVEQ", "diveq", f"{_AUTHORS_DEFAULTS}; noise_var 1e-3"),
+    _authors("diveq", "ResidualSFDIVEQ", "sf-diveq", _SF_DEFAULTS),
+    _authors("diveq", "ProductSFDIVEQ", "sf-diveq", _SF_DEFAULTS),
+    _authors("nsvq", "ResidualNSVQ", "nsvq", _AUTHORS_DEFAULTS),
+    _authors("nsvq", "ProductNSVQ", "nsvq", _AUTHORS_DEFAULTS),
+)
+ARMS_BY_NAME = {arm.name: arm for arm in ARMS}
+
+
+def installed(library: str) -> bool:
+    """Whether ``library`` can be imported (this library always can)."""
+    return library == "this" or importlib.util.find_spec(MODULES[library]) is not None
+
+
+def select_arms(only: str | None = None, patterns: list[str] | None = None,
+                estimator: str | None = None) -> list[Arm]:
+    """The arms of library ``only`` whose name contains one of ``patterns``
+    (case-insensitive), this library's restricted to ``estimator``; None: no restriction."""
+    return [arm for arm in ARMS
+            if (only is None or arm.library == only)
+            and (not patterns or any(p.lower() in arm.name.lower() for p in patterns))
+            and (estimator is None or arm.library != "this" or arm.estimator == estimator)]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the runs of one invocation share: training sizes (``preset``, with the test
+    images to score), the data folder (None: photo tiles), ``diagnose``, torch threads."""
+
+    preset: image_experiment.ImagePreset
+    data: str | None
+    diagnose: bool
+    threads: int
+
+
+@cache
+def _images(data: str | None, test_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, test) uint8 images, the test images cut to the first ``test_images``."""
+    train, test = image_experiment.load_images(data)
+    return train, test[:test_images] if test_images else test
+
+
+def run(settings: Settings, arm_name: str, bits: int, seed: int) -> dict:
+    """Train one VQ-VAE with the bottleneck of arm ``arm_name`` and score it: a row with
+    PSNR, SSIM, usage and ms per step (with ``settings.diagnose``, also the PSNR from
+    unquantized and, for this library, from training-mode latents)."""
+    torch.set_num_threads(settings.threads)
+    arm = ARMS_BY_NAME[arm_name]
+    train_images, test_images = _images(settings.data, settings.preset.test_images)
     torch.manual_seed(seed)
-    if library == "this":
-        model = image_experiment.build_model(quantizer, bits, preset.channels)
-        extra_loss = None
-    else:
-        layer = TheirLayer(quantizer, bits, image_experiment.LATENT_DIM)
-        model = VQVAE(layer, preset.channels)
-        extra_loss = lambda: layer.loss
-    step_ms = image_experiment.train_vqvae(model, train_images, preset,
+    model = arm.build(bits, settings.preset.channels)
+    quantizer = model.quantizer
+    extra_loss = None if arm.library == "this" else (lambda: quantizer.loss)
+    step_ms = image_experiment.train_vqvae(model, train_images, settings.preset,
                                            torch.Generator().manual_seed(seed), extra_loss)
     psnr, ssim = image_experiment.score_images(model, test_images)
-    row = {"library": library, "quantizer": quantizer, "bits": bits, "seed": seed,
+    row = {"library": arm.library, "quantizer": arm.quantizer, "estimator": arm.estimator,
+           "rate": arm.rate(bits), "bits": bits, "seed": seed,
            "psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
            "usage": image_experiment.used_share(model, image_experiment.training_sample(
                train_images)), "step_ms": step_ms}
-    if diagnose:
-        row.update(diagnosis(model, test_images, nsvq=library == "this"))
+    if settings.diagnose:
+        row.update(diagnosis(model, test_images, train_mode=arm.library == "this"))
     return row
 
 
-def diagnosis(model: VQVAE, test_images: torch.Tensor, nsvq: bool) -> dict:
-    """Mean test PSNR with the decoder fed the unquantized latents and, when ``nsvq``,
-    the NSVQ latents (noise drawn from seed 0)."""
+def diagnosis(model: VQVAE, test_images: torch.Tensor, train_mode: bool) -> dict:
+    """Mean test PSNR with the decoder fed the unquantized latents and, when ``train_mode``,
+    the quantizer's training-mode output (its estimator's noise drawn from seed 0)."""
     score = partial(image_experiment.score_images, model, test_images)
     found = {"psnr_unquantized": float(score(lambda latents: latents)[0].mean())}
-    if nsvq:
-        def noisy(latents: torch.Tensor) -> torch.Tensor:
-            hard, _ = model.quantizer(latents, train_mode=False)
-            return noise_substitution(latents, hard)
+    if train_mode:
+        def training_output(latents: torch.Tensor) -> torch.Tensor:
+            return model.quantizer(latents, train_mode=True)[0]  # (B, h, w, D)
 
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            found["psnr_nsvq"] = float(score(noisy)[0].mean())
+            found["psnr_train_mode"] = float(score(training_output)[0].mean())
     return found
 
 
-def summarise(runs: list[dict]) -> list[dict]:
-    """One row per (library, quantizer, bits): means over seeds, ranges and the runs."""
-    rows = {}
-    for r in runs:
-        rows.setdefault((r["library"], r["quantizer"], r["bits"]), []).append(r)
-    table = []
-    for (library, quantizer, bits), group in rows.items():
-        row = {"library": library, "quantizer": quantizer, "bits": bits}
-        for key in [key for key in SCORES + DIAGNOSES if key in group[0]]:
-            values = [r[key] for r in group]
-            row[key] = statistics.fmean(values)
-            row[f"{key}_range"] = [min(values), max(values)]
-        row["seeds"] = [r["seed"] for r in group]
-        table.append(row)
-    return table
+def summarise(runs: list[dict]) -> dict:
+    """The row of the runs of one arm and bitrate: means over seeds, ranges and the runs."""
+    first = runs[0]
+    row = {key: first[key] for key in ("library", "quantizer", "estimator", "rate", "bits")}
+    for key in [key for key in SCORES + DIAGNOSES if key in first]:
+        values = [r[key] for r in runs]
+        row[key] = statistics.fmean(values)
+        row[f"{key}_range"] = [min(values), max(values)]
+    row["seeds"] = [r["seed"] for r in runs]
+    row["runs"] = runs
+    return row
+
+
+def quantizer_label(row: dict) -> str:
+    """The quantizer as printed: AVQ, RVQ, PVQ or the peer's class, with its rate when the
+    codes are not ``bits`` bits."""
+    name = label(row["quantizer"]) if row["library"] == "this" else row["quantizer"]
+    return name if row["rate"] == f"{row['bits']} bits" else f"{name} ({row['rate']})"
 
 
 def print_row(row: dict) -> None:
-    name = "this library" if row["library"] == "this" else row["library"]
     low, high = row["psnr_range"]
-    diagnosed = "".join(f"  {row[key]:6.2f}" if key in row else f"  {'-':>6}"
+    diagnosed = "".join(f"  {row[key]:8.2f}" if key in row else f"  {'-':>8}"
                         for key in DIAGNOSES) if DIAGNOSES[0] in row else ""
-    print(f"{row['bits']:>4}  {name:<23} {row['quantizer']:<34} {row['psnr']:6.2f} "
-          f"({low:5.2f}-{high:5.2f})  {row['ssim']:6.4f}  {100 * row['usage']:5.1f} %  "
-          f"{row['step_ms']:6.1f}{diagnosed}", flush=True)
+    print(f"{row['bits']:>4}  {row['library']:<23} {quantizer_label(row):<47} "
+          f"{row['estimator']:<14} {row['psnr']:6.2f} ({low:5.2f}-{high:5.2f})  "
+          f"{row['ssim']:6.4f}  {100 * row['usage']:5.1f} %  {row['step_ms']:7.1f}{diagnosed}",
+          flush=True)
+
+
+def print_arms() -> None:
+    """One line per arm: library, quantizer, estimator and settings."""
+    for arm in ARMS:
+        installed_note = "" if installed(arm.library) else "  [not installed]"
+        print(f"{arm.library:<23} {arm.quantizer:<40} {arm.estimator:<14} "
+              f"{arm.settings}{installed_note}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,17 +365,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replace-every", type=int, default=quick.replace_every,
                         help="this library's codeword replacement period "
                              f"(default: {quick.replace_every})")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once, each in its own process with one thread "
+                             "(default: 1, in this process)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads with --jobs 1 (default: 1)")
     parser.add_argument("--test-images", type=int, default=0,
                         help="score only the first N test images (default: all)")
     parser.add_argument("--decoder-finish", type=float, default=0.0, metavar="SHARE",
                         help="this library's rows: train the decoder alone on hard-quantized "
                              "latents over this share of the steps at the end (default: 0)")
-    parser.add_argument("--only", choices=["this", "vector-quantize-pytorch"], default=None,
-                        help="run one library's rows only")
+    parser.add_argument("--only", choices=LIBRARIES, default=None,
+                        help="run one library's arms only")
+    parser.add_argument("--arms", nargs="+", default=None, metavar="SUBSTRING",
+                        help="run only the arms whose 'library quantizer estimator' contains "
+                             "one of these, case-insensitive (see --list)")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default=None,
+                        help="this library's arms with this estimator only")
+    parser.add_argument("--list", action="store_true", help="print the arms and exit")
     parser.add_argument("--diagnose", action="store_true",
                         help="also score each model with its decoder fed the unquantized "
-                             "latents and (this library) the NSVQ latents")
+                             "latents and (this library) its quantizer's training-mode output")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     return parser
 
@@ -199,48 +393,57 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list:
+        print_arms()
+        return []
     bad = [bits for bits in args.bits if bits < PAPER_STAGES or bits % PAPER_STAGES]
     if bad:
         parser.error(f"--bits must be positive multiples of {PAPER_STAGES}, got {bad}")
+    for option in ("steps", "seeds", "batch_size", "channels", "replace_every", "jobs",
+                   "threads"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be >= 1, "
+                         f"got {getattr(args, option)}")
+    if args.jobs > 1 and args.threads > 1:
+        parser.error("--threads applies to --jobs 1 only: every job runs with one thread")
     if not 0 <= args.decoder_finish < 1:
         parser.error(f"--decoder-finish must be in [0, 1), got {args.decoder_finish}")
-    torch.set_num_threads(args.threads)
+    selected = select_arms(args.only, args.arms, args.estimator)
+    for library in dict.fromkeys(arm.library for arm in selected):
+        if not installed(library):
+            print(f"{library} is not installed: its arms are left out", file=sys.stderr)
+    arms = [arm for arm in selected if installed(arm.library)]
+    if not arms:
+        parser.error("no arm to run: none matches --only/--arms/--estimator or is installed "
+                     "(see --list)")
     preset = replace(image_experiment.PRESETS["quick"], steps=args.steps,
                      batch_size=args.batch_size, channels=args.channels, lr=args.lr,
-                     replace_every=args.replace_every, test_images=args.test_images)
-    images = image_experiment.load_images(args.data)
-    if args.test_images:
-        images = (images[0], images[1][:args.test_images])
-    ours = replace(preset, decoder_finish=args.decoder_finish)
-    configurations = [("this", method) for method in METHODS]
-    if args.only != "this":
-        try:
-            import vector_quantize_pytorch  # noqa: F401
-            configurations += [("vector-quantize-pytorch", name) for name in THEIRS]
-        except ImportError:
-            print("vector-quantize-pytorch is not installed: this library's rows only",
-                  file=sys.stderr)
-    if args.only == "vector-quantize-pytorch":
-        configurations = [c for c in configurations if c[0] != "this"]
-    print(f"data: {args.data or 'scikit-image photo tiles'}, train {len(images[0])}, test "
-          f"{len(images[1])} images; {args.steps} steps of {args.batch_size}, "
+                     replace_every=args.replace_every, test_images=args.test_images,
+                     decoder_finish=args.decoder_finish)
+    settings = Settings(preset, args.data, args.diagnose, 1 if args.jobs > 1 else args.threads)
+    train_images, test_images = _images(args.data, args.test_images)
+    print(f"data: {args.data or 'scikit-image photo tiles'}, train {len(train_images)}, test "
+          f"{len(test_images)} images; {args.steps} steps of {args.batch_size}, "
           f"{args.channels} channels, Adam {args.lr}, {args.seeds} seeds, "
-          f"{torch.get_num_threads()} thread(s)"
+          f"{args.jobs} job(s) of {settings.threads} thread(s)"
           + (f"; decoder finish {args.decoder_finish:g}" if args.decoder_finish else ""))
-    print(f"{'bits':>4}  {'library':<23} {'quantizer':<34} {'PSNR dB (range)':>20}  "
-          f"{'SSIM':>6}  {'usage':>7}  {'ms/step':>6}"
-          + (f"  {'unq dB':>6}  {'NSVQ dB':>6}" if args.diagnose else ""), flush=True)
-    table = []
+    print(f"{'bits':>4}  {'library':<23} {'quantizer':<47} {'estimator':<14} "
+          f"{'PSNR dB (range)':>20}  {'SSIM':>6}  {'usage':>7}  {'ms/step':>7}"
+          + (f"  {'unq dB':>8}  {'train dB':>8}" if args.diagnose else ""), flush=True)
+    groups = [[(arm.name, bits, seed) for seed in range(args.seeds)]
+              for bits in args.bits for arm in arms]
+    table, done = [], {}
+
+    def finished(_count: int, point: tuple, row: dict) -> None:
+        """Keep a run; print the next rows of the table once all their runs are in."""
+        done[point] = row
+        while len(table) < len(groups) and all(p in done for p in groups[len(table)]):
+            table.append(summarise([done[p] for p in groups[len(table)]]))
+            print_row(table[-1])
+
     start = time.perf_counter()
-    for bits in args.bits:
-        for library, quantizer in configurations:
-            runs = [run(library, quantizer, bits, seed, images,
-                        ours if library == "this" else preset, args.diagnose)
-                    for seed in range(args.seeds)]
-            row = summarise(runs)[0]
-            row["runs"] = runs
-            table.append(row)
-            print_row(row)
+    run_points(partial(run, settings), [p for group in groups for p in group], args.jobs,
+               finished)
     print(f"{time.perf_counter() - start:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1) + "\n")

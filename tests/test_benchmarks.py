@@ -1,6 +1,5 @@
 """The benchmark scripts run: tiny sizes, so that a change of the library cannot break them."""
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -78,59 +77,6 @@ def test_bench_training_loop_gives_the_ratio_of_its_printed_times(capsys):
     assert lines[1].endswith("ms/step)") and lines[2].endswith("ms/step)")
     assert ratio == pytest.approx(loop / bare, rel=0.05)
     assert lines[3] == f"ratio train()/bare: {ratio:.3f}"
-
-
-def test_compare_in_model_rows(tmp_path):
-    pytest.importorskip("skimage")
-    pytest.importorskip("vector_quantize_pytorch")
-    import compare_in_model
-
-    table = compare_in_model.main(["--bits", "8", "--steps", "2", "--seeds", "1",
-                                   "--channels", "4", "--batch-size", "2",
-                                   "--test-images", "8", "--json", str(tmp_path / "rows.json")])
-    assert [(row["library"], row["quantizer"]) for row in table] == [
-        ("this", "avq"), ("this", "rvq"), ("this", "pvq"),
-        *[("vector-quantize-pytorch", name) for name in compare_in_model.THEIRS]]
-    rows = json.loads((tmp_path / "rows.json").read_text())
-    assert {"library", "quantizer", "bits", "psnr", "ssim", "usage", "step_ms"} <= set(rows[0])
-    assert all(row["bits"] == 8 and 0 < row["usage"] <= 1 and row["step_ms"] > 0
-               and 0 < row["psnr"] < 100 for row in rows)
-
-
-def test_compare_in_model_diagnosis_scores_other_latents(capsys):
-    pytest.importorskip("skimage")
-    import compare_in_model
-
-    table = compare_in_model.main(["--bits", "8", "--steps", "2", "--seeds", "2",
-                                   "--channels", "4", "--batch-size", "2", "--test-images",
-                                   "8", "--only", "this", "--diagnose"])
-    out = capsys.readouterr().out
-    assert "unq dB" in out.splitlines()[1]
-    for row in table:
-        for key in ("psnr_unquantized", "psnr_nsvq"):
-            assert 0 < row[key] < 100
-            assert row[key] == pytest.approx(sum(r[key] for r in row["runs"]) / 2)
-        assert row["psnr_nsvq"] != row["psnr"]
-
-
-def test_compare_in_model_diagnosis_of_their_rows_has_no_nsvq_latents():
-    pytest.importorskip("skimage")
-    pytest.importorskip("vector_quantize_pytorch")
-    import compare_in_model
-
-    table = compare_in_model.main(["--bits", "8", "--steps", "2", "--seeds", "1",
-                                   "--channels", "4", "--batch-size", "2", "--test-images",
-                                   "8", "--only", "vector-quantize-pytorch", "--diagnose"])
-    assert all("psnr_unquantized" in row and "psnr_nsvq" not in row for row in table)
-
-
-@pytest.mark.parametrize("share", ["-0.1", "1"])
-def test_compare_in_model_refuses_a_decoder_finish_outside_0_1(share, capsys):
-    import compare_in_model
-
-    with pytest.raises(SystemExit):
-        compare_in_model.main(["--decoder-finish", share])
-    assert "--decoder-finish must be in [0, 1)" in capsys.readouterr().err
 
 
 def test_bench_optimizer_reset_compares_the_same_runs(capsys):

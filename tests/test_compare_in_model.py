@@ -1,0 +1,171 @@
+"""benchmarks/compare_in_model.py: its arms, their adapters and tiny runs of every arm."""
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import compare_in_model  # noqa: E402
+from compare_in_model import ARMS, LIBRARIES, MODULES  # noqa: E402
+
+TINY = ["--bits", "8", "--steps", "2", "--seeds", "1", "--channels", "8", "--batch-size", "2",
+        "--test-images", "16"]
+PEERS = [arm for arm in ARMS if arm.library != "this"]
+
+
+def _skip_unless_installed(library: str) -> None:
+    pytest.importorskip("skimage")
+    if library != "this":
+        pytest.importorskip(MODULES[library])
+
+
+def test_arms_are_named_once_and_cover_every_method_and_estimator():
+    assert len({arm.name for arm in ARMS}) == len(ARMS)
+    assert {arm.library for arm in ARMS} == set(LIBRARIES)
+    ours = [(arm.quantizer, arm.estimator) for arm in ARMS if arm.library == "this"]
+    assert sorted(ours) == sorted((m, e) for m in ("avq", "rvq", "pvq") for e in ("nsvq", "diveq"))
+    assert {arm.quantizer for arm in ARMS if arm.continuous} == {"ResidualSFDIVEQ",
+                                                                 "ProductSFDIVEQ"}
+
+
+def test_select_arms_by_library_substring_and_estimator():
+    select = compare_in_model.select_arms
+    assert select() == list(ARMS)
+    assert {arm.library for arm in select(only="nsvq")} == {"nsvq"}
+    assert [arm.name for arm in select(patterns=["THIS RVQ", "residualnsvq"])] == [
+        "this rvq nsvq", "this rvq diveq", "nsvq ResidualNSVQ nsvq"]
+    diveq_ours = select(only="this", estimator="diveq")
+    assert [arm.quantizer for arm in diveq_ours] == ["avq", "rvq", "pvq"]
+    assert all(arm.estimator == "diveq" for arm in diveq_ours)
+    assert len(select(estimator="nsvq")) == len(ARMS) - 3  # restricts this library only
+
+
+def test_rate_of_continuous_codes_says_so():
+    sf = next(arm for arm in ARMS if arm.continuous)
+    rvq = next(arm for arm in ARMS if arm.quantizer == "rvq")
+    assert sf.rate(16) == "continuous codes, not 16 bits" and rvq.rate(16) == "16 bits"
+    row = {"library": sf.library, "quantizer": sf.quantizer, "rate": sf.rate(16), "bits": 16}
+    assert compare_in_model.quantizer_label(row) == (
+        "ResidualSFDIVEQ (continuous codes, not 16 bits)")
+
+
+def test_list_prints_every_arm(capsys):
+    assert compare_in_model.main(["--list"]) == []
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(ARMS)
+    assert all(line.split()[0] == arm.library for line, arm in zip(lines, ARMS))
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--decoder-finish", "-0.1"], "--decoder-finish must be in [0, 1)"),
+    (["--decoder-finish", "1"], "--decoder-finish must be in [0, 1)"),
+    (["--bits", "6"], "--bits must be positive multiples of 4"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--jobs", "2", "--threads", "2"], "--threads applies to --jobs 1 only"),
+    (["--arms", "no such arm"], "no arm to run"),
+    (["--only", "faiss"], "invalid choice"),
+    (["--estimator", "ste"], "invalid choice"),
+])
+def test_refuses_bad_options_in_one_line(options, message, capsys):
+    with pytest.raises(SystemExit):
+        compare_in_model.main(options)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error
+
+
+def test_a_missing_library_is_named_and_left_out(monkeypatch, capsys):
+    monkeypatch.setattr(compare_in_model, "installed", lambda library: library != "nsvq")
+    with pytest.raises(SystemExit):
+        compare_in_model.main(["--only", "nsvq"])
+    err = capsys.readouterr().err
+    assert "nsvq is not installed: its arms are left out" in err and "no arm to run" in err
+
+
+@pytest.mark.parametrize("arm", PEERS, ids=lambda arm: arm.quantizer)
+def test_peer_adapter_has_the_quantizer_interface(arm):
+    pytest.importorskip(MODULES[arm.library])
+    quantizer = arm.build(8, 8).quantizer  # 4 codebooks of 4 entries over D = 64
+    assert (quantizer.data_dim, quantizer.num_stages, quantizer.codebook_size,
+            quantizer.bits_per_vector) == (64, 4, 4, 8)
+    latents = torch.randn(2, 8, 8, 64, requires_grad=True)  # (B, h, w, D)
+    quantized, usage = quantizer(latents)
+    assert quantized.shape == latents.shape and usage is None
+    (quantized.square().sum() + quantizer.loss).backward()
+    assert latents.grad is not None and latents.grad.abs().sum() > 0
+    quantizer.eval()
+    hard, _ = quantizer(latents.detach())
+    codes = quantizer.encode(latents.detach())
+    assert hard.shape == latents.shape
+    assert codes.shape == (2, 8, 8, 4) and codes.dtype == torch.int64
+    assert 0 <= codes.min() and codes.max() < 4
+
+
+def test_sf_diveq_hard_output_is_not_a_sum_of_codewords():
+    pytest.importorskip("diveq")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the package warns of short schedules
+        quantizer = compare_in_model.AuthorsLayer("diveq", "ResidualSFDIVEQ", 8, skip_iters=4,
+                                                  avg_iters=2, replacement_iters=2)
+    latents = torch.randn(64, 64)  # (N, D)
+    for _ in range(5):  # past skip_iters: the codebooks are set and SF-DiVeQ trains
+        quantizer(latents)
+    quantizer.eval()
+    hard, _ = quantizer(latents)
+    codes = quantizer.encode(latents)  # (N, M), the nearest codeword of each stage
+    codebooks = quantizer.layer.codebook.detach()  # (M, K, D)
+    sums = sum(codebooks[stage, codes[:, stage]] for stage in range(4))  # (N, D)
+    assert not torch.allclose(hard, sums, atol=1e-4)  # a point between codewords
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_every_arm_of_a_library_runs(library, tmp_path):
+    _skip_unless_installed(library)
+    table = compare_in_model.main(TINY + ["--only", library, "--json",
+                                          str(tmp_path / "rows.json")])
+    arms = [arm for arm in ARMS if arm.library == library]
+    assert [(row["quantizer"], row["estimator"]) for row in table] == [
+        (arm.quantizer, arm.estimator) for arm in arms]
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert {"library", "quantizer", "estimator", "rate", "bits", "psnr", "ssim", "usage",
+            "step_ms"} <= set(rows[0])
+    assert all(row["library"] == library and row["bits"] == 8 and 0 < row["usage"] <= 1
+               and row["step_ms"] > 0 and 0 < row["psnr"] < 100 for row in rows)
+    assert [row["rate"] for row in rows] == [arm.rate(8) for arm in arms]
+
+
+@pytest.mark.slow
+def test_jobs_do_not_change_the_rows():
+    _skip_unless_installed("this")
+    options = TINY + ["--seeds", "2", "--arms", "this rvq", "heads kmeans", "ProductDIVEQ",
+                      "ResidualNSVQ"]
+
+    def without_times(rows):
+        return [{key: without_times(value) if key == "runs" else value
+                 for key, value in row.items() if not key.startswith("step_ms")}
+                for row in rows]
+
+    one, two = compare_in_model.main(options), compare_in_model.main(options + ["--jobs", "2"])
+    assert len(one) >= 2
+    assert without_times(one) == without_times(two)
+
+
+@pytest.mark.slow
+def test_diagnosis_scores_the_training_mode_output_of_ours_only(capsys):
+    _skip_unless_installed("this")
+    table = compare_in_model.main(TINY + ["--seeds", "2", "--arms", "this rvq",
+                                          "ResidualNSVQ", "--diagnose"])
+    assert "train dB" in capsys.readouterr().out.splitlines()[1]
+    for row in table:
+        assert 0 < row["psnr_unquantized"] < 100
+        if row["library"] == "this":
+            assert 0 < row["psnr_train_mode"] < 100 and row["psnr_train_mode"] != row["psnr"]
+            assert row["psnr_train_mode"] == pytest.approx(
+                sum(r["psnr_train_mode"] for r in row["runs"]) / 2)
+        else:
+            assert "psnr_train_mode" not in row
