@@ -54,6 +54,8 @@ class AVQ(VectorQuantizer):
     ``m*K ... (m+1)*K - 1``.
     """
 
+    title = "additive VQ (AVQ)"
+
     def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
                  beam_width: int, discard_threshold: float = 0.01,
                  device=CPU, **options):

@@ -29,6 +29,8 @@ class PVQ(VectorQuantizer):
     The trainable parameter ``codebooks`` has shape (M, K, D/M).
     """
 
+    title = "product VQ (PVQ)"
+
     def __init__(self, num_stages: int, vq_bitrate_per_stage: int, data_dim: int,
                  discard_threshold: float = 0.01, device=CPU, **options):
         super().__init__(num_stages, vq_bitrate_per_stage, data_dim, discard_threshold, device,

@@ -13,9 +13,10 @@ import torch.distributed as dist
 from stochastic_vq.config import INITS, LR_SCALES, ConfigError, TrainConfig
 from stochastic_vq.data import npy_columns
 from stochastic_vq.loop import train
+from stochastic_vq.methods import quantizer_class
 from stochastic_vq.runfiles import CHECKPOINT_FILE
 from stochastic_vq_core.estimators import ESTIMATORS
-from stochastic_vq_core.paper import METHOD_TITLES, SCRIPT_BEAM_WIDTH, SCRIPT_SHAPES
+from stochastic_vq_core.paper import SCRIPT_BEAM_WIDTH, SCRIPT_SHAPES
 
 DEFAULTS = TrainConfig(device="cpu")  # the paper's settings, shown in --help
 
@@ -28,11 +29,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def build_parser(method: str) -> argparse.ArgumentParser:
     """The command line of ``train_<method>.py``; defaults are the paper's."""
-    stages, bits = SCRIPT_SHAPES[method]
+    stages, bits = SCRIPT_SHAPES.get(method, (None, None))  # a method outside the paper: none
     d = DEFAULTS
-    parser = ArgumentParser(description=f"Train {METHOD_TITLES[method]} with NSVQ (or DiVeQ) "
-                                        "and Adam on N(0, 1) data (the paper's example) or on "
-                                        "an (N, D) .npy file.")
+    title = quantizer_class(method).title
+    parser = ArgumentParser(description=f"Train {title} with NSVQ (or DiVeQ) and Adam on "
+                                        "N(0, 1) data (the paper's example) or on an (N, D) "
+                                        ".npy file.")
     add = parser.add_argument
     add("--steps", type=int, default=d.steps, help=f"training steps (batches) (default: {d.steps})")
     add("--batch-size", type=int, default=d.batch_size,
@@ -151,7 +153,7 @@ def main(method: str, argv: list[str] | None = None) -> dict:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group("nccl" if config.device.startswith("cuda") else "gloo")
         if not dist.is_initialized() or dist.get_rank() == 0:
-            print(f"Training {METHOD_TITLES[method]} into {config.out}", flush=True)
+            print(f"Training {quantizer_class(method).title} into {config.out}", flush=True)
         return train(config, stop_after=args.stop_after)
     except ConfigError as error:
         flag = FLAGS.get(error.setting, "--" + error.setting.replace("_", "-"))

@@ -198,8 +198,8 @@ def _channels_last(images: torch.Tensor) -> np.ndarray:
     return images.permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
 
 
-def image_point(preset: ImagePreset, data: str | None, method: str, bits: int,
-                seed: int) -> tuple[float, float]:
+def image_point(preset: ImagePreset, data: str | None, method: str, bits: int, seed: int,
+                estimator: str = DEFAULT_ESTIMATOR) -> tuple[float, float]:
     """(mean PSNR, mean SSIM) over the test images of one trained VQ-VAE.
 
     One CPU thread, so that a point's value does not depend on how many run at once.
@@ -209,15 +209,17 @@ def image_point(preset: ImagePreset, data: str | None, method: str, bits: int,
     if preset.test_images:
         test_images = test_images[:preset.test_images]
     torch.manual_seed(seed)
-    model = build_model(method, bits, preset.channels)
+    model = build_model(method, bits, preset.channels, estimator)
     train_vqvae(model, train_images, preset, torch.Generator().manual_seed(seed))
     psnr, ssim = score_images(model, test_images)
     return float(psnr.mean()), float(ssim.mean())
 
 
 def run_fig4(preset: ImagePreset, out: Path, settings: dict, data: str | None = None,
-             jobs: int = 1, published: dict[str, dict] | None = None) -> list[Path]:
-    """Figure 4a (SSIM) and 4b (peak SNR) against the total bits per latent vector."""
+             jobs: int = 1, published: dict[str, dict] | None = None,
+             estimator: str = DEFAULT_ESTIMATOR) -> list[Path]:
+    """Figure 4a (SSIM) and 4b (peak SNR) against the total bits per latent vector, the
+    quantizers trained with ``estimator``."""
     points = [(method, bits, seed) for method in METHODS for bits in preset.bits
               for seed in range(preset.seeds)]
     start = last = time.perf_counter()
@@ -233,8 +235,8 @@ def run_fig4(preset: ImagePreset, out: Path, settings: dict, data: str | None = 
               f"({now - last:.0f} s, {now - start:.0f} s in all)", flush=True)
         last = now
 
-    values = dict(zip(points, run_points(partial(image_point, preset, data), points, jobs,
-                                         report)))
+    run = partial(image_point, preset, data, estimator=estimator)
+    values = dict(zip(points, run_points(run, points, jobs, report)))
     panels = {}
     for index, metric in ((1, "ssim"), (0, "psnr")):
         panel = {"Metric": METRIC_TITLES[metric], "VQ Bitrate": bitrate_axis(preset.bits)}

@@ -1,5 +1,6 @@
 """Reproduce the paper's experiments: one sub-command per figure, results into output/.
 
+    python reproduce.py fig1 [--data DIR]  # speech codec: PESQ, weighted SNR vs kbit/s
     python reproduce.py fig2 [--quick]     # MSE vs bitrate, correlated and uncorrelated, D = 64
     python reproduce.py fig3 [--quick]     # MSE vs bitrate, uncorrelated, D = 64, 128, 256
     python reproduce.py fig4 [--quick]     # VQ-VAE on 32x32 images: SSIM, peak SNR vs bitrate
@@ -26,7 +27,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import NoReturn
 
-from stochastic_vq import ann_experiment, image_experiment, mse_experiment
+from stochastic_vq import (
+    ann_experiment,
+    image_experiment,
+    mse_experiment,
+    speech_data,
+    speech_experiment,
+)
 from stochastic_vq.ann import read_vecs
 from stochastic_vq.figures import (
     PUBLISHED_RESULTS,
@@ -35,14 +42,17 @@ from stochastic_vq.figures import (
     run_settings,
 )
 from stochastic_vq.images import ImageDataError
-from stochastic_vq_core.paper import METHODS, PAPER_STAGES
+from stochastic_vq_core.estimators import DEFAULT_ESTIMATOR, ESTIMATORS
+from stochastic_vq_core.paper import METHODS, PAPER_STAGES, bits_per_stage
+from stochastic_vq_core.rules import check_divisible
 
-FIGURES = ("fig2", "fig3", "fig4", "fig5", "fig6a")
-EXPERIMENTS = {"fig2": mse_experiment, "fig3": mse_experiment, "fig4": image_experiment,
-               "fig5": ann_experiment, "fig6a": ann_experiment}
-DATA_FIGURES = ("fig4", "fig5", "fig6a")  # the figures that read --data
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6a")
+EXPERIMENTS = {"fig1": speech_experiment, "fig2": mse_experiment, "fig3": mse_experiment,
+               "fig4": image_experiment, "fig5": ann_experiment, "fig6a": ann_experiment}
+DATA_FIGURES = ("fig1", "fig4", "fig5", "fig6a")  # the figures that read --data
+ESTIMATOR_FIGURES = ("fig1", "fig4")  # the figures that take --estimator
 # optional module (from the "experiments" extra) each figure needs: (module, package)
-OPTIONAL_MODULES = {"fig4": ("skimage", "scikit-image")}
+OPTIONAL_MODULES = {"fig1": ("pesq", "pesq"), "fig4": ("skimage", "scikit-image")}
 DEFAULT_OUT = Path("output", "reproduce")  # + the figure's name
 
 
@@ -63,17 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fig2, fig3, fig4: only these total bitrates (bits per vector, "
                              f"multiples of {PAPER_STAGES}); point: the one bitrate")
     parser.add_argument("--data", default=None,
-                        help="fig4: the CIFAR-10 directory (python version: data_batch_1 ... "
-                             "data_batch_5, test_batch), default: tiles of scikit-image's "
-                             "photographs; fig5/fig6a: the SIFT1M directory (sift_learn.fvecs,"
-                             " sift_base.fvecs, sift_query.fvecs, sift_groundtruth.ivecs), "
-                             "default: a synthetic AR(1) corpus")
+                        help="fig1: a LibriSpeech tree (speaker/chapter/*.flac) or any "
+                             "folder of 16 kHz WAV/FLAC files, split by speaker, default: "
+                             "the speech of Debian's pocketsphinx-testdata and "
+                             "codec2-examples; fig4: the CIFAR-10 directory (python "
+                             "version: data_batch_1 ... data_batch_5, test_batch), "
+                             "default: tiles of scikit-image's photographs; fig5/fig6a: "
+                             "the SIFT1M directory (sift_learn.fvecs, sift_base.fvecs, "
+                             "sift_query.fvecs, sift_groundtruth.ivecs), default: a "
+                             "synthetic AR(1) corpus")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"output folder (default: {DEFAULT_OUT}/FIGURE, e.g. "
                              f"{DEFAULT_OUT / 'fig2'}; --out Results replaces the "
                              "committed results)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="fig2, fig3, fig4: training runs in parallel, each in its own "
+                        help="fig1, fig2, fig3, fig4: training runs in parallel, each in its own "
                              "process with one CPU thread (default: 1)")
     parser.add_argument("--published", type=Path, nargs="?", const=PUBLISHED_RESULTS,
                         default=None, metavar="DIR",
@@ -81,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "the values bundled with the library (from the original "
                              "repository's Results/), with DIR the published JSON files "
                              "in that folder")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default=DEFAULT_ESTIMATOR,
+                        help="fig1, fig4: the quantizers' training-mode estimator, recorded "
+                             "in the files' Settings (default: nsvq, the paper's)")
     point = parser.add_argument_group("point", "one training run of fig2/fig3, printed")
     point.add_argument("--kind", choices=["correlated", "uncorrelated"], default="uncorrelated")
     point.add_argument("--method", type=str.lower, choices=METHODS)
@@ -95,20 +112,24 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be >= 1, got {value}")
-    bad = [bits for bits in args.bits or () if bits < PAPER_STAGES or bits % PAPER_STAGES]
-    if bad:
-        parser.error(f"--bits must be positive multiples of {PAPER_STAGES}, got {bad}")
+    try:
+        for bits in args.bits or ():
+            bits_per_stage(bits, "--bits")
+        if args.figure == "point":
+            check_divisible("--dim", args.dim, "the codebooks", PAPER_STAGES)
+    except ValueError as error:
+        parser.error(str(error))
     if args.data is not None and args.figure not in (*DATA_FIGURES, "all"):
         parser.error(f"--data applies to {', '.join(DATA_FIGURES)} only, not {args.figure}")
+    if args.estimator != DEFAULT_ESTIMATOR and args.figure not in (*ESTIMATOR_FIGURES, "all"):
+        parser.error(f"--estimator applies to {', '.join(ESTIMATOR_FIGURES)} only, "
+                     f"not {args.figure}")
     if args.figure != "point":
         return
     if args.method is None or args.bits is None:
         parser.error("point needs --method and --bits")
     if len(args.bits) != 1:
         parser.error(f"point takes one --bits value, got {args.bits}")
-    if args.dim < PAPER_STAGES or args.dim % PAPER_STAGES:
-        parser.error(f"--dim must be a positive multiple of {PAPER_STAGES} (PVQ splits it), "
-                     f"got {args.dim}")
 
 
 def mode(args: argparse.Namespace) -> str:
@@ -141,10 +162,18 @@ def check_packages(parser: argparse.ArgumentParser, figures: tuple[str, ...]) ->
 
 def check_data(parser: argparse.ArgumentParser, args: argparse.Namespace,
                figures: tuple[str, ...]) -> None:
-    """Fail unless the figures that read ``--data`` can read it (before any run)."""
+    """Fail unless the figures that read ``--data`` can read it, and fig1 without it its
+    default speech (before any run)."""
     if args.data is None:
+        if "fig1" in figures:
+            try:
+                speech_data.debian_split()
+            except FileNotFoundError as error:
+                fail(parser, str(error))
         return
     try:
+        if "fig1" in figures:
+            speech_data.speaker_split(args.data)
         if "fig4" in figures:
             image_experiment.load_images(args.data)
         if "fig5" in figures or "fig6a" in figures:
@@ -179,13 +208,18 @@ def run_figure(figure: str, args: argparse.Namespace,
     """Run one figure's experiment and write its files; returns them."""
     preset = preset_for(figure, args)
     settings = run_settings(mode=mode(args), **asdict(preset))
+    if figure in ESTIMATOR_FIGURES:
+        settings["estimator"] = args.estimator
     out = args.out if args.out is not None else DEFAULT_OUT / figure
+    if figure == "fig1":
+        return speech_experiment.run_fig1(preset, out, settings, args.data, args.jobs,
+                                          published, args.estimator)
     if figure in ("fig2", "fig3"):
         run = {"fig2": mse_experiment.run_fig2, "fig3": mse_experiment.run_fig3}[figure]
         return run(preset, out, settings, args.jobs, published)
     if figure == "fig4":
         return image_experiment.run_fig4(preset, out, settings, args.data, args.jobs,
-                                         published)
+                                         published, args.estimator)
     corpus = (ann_experiment.load_sift(args.data) if args.data
               else ann_experiment.synthetic_corpus(preset))
     run = {"fig5": ann_experiment.run_fig5, "fig6a": ann_experiment.run_fig6a}[figure]

@@ -2,16 +2,15 @@
 bitrates and beam widths (no torch needed).
 
 Methods are named by lowercase keys (``"avq"``, ``"rvq"``, ``"pvq"``, in the order of the
-published figures); ``label`` gives the uppercase name that the figures' files use.
+published figures); ``label`` gives the uppercase name that the figures' files use. The
+methods a user can build by name are those of ``stochastic_vq.methods.QUANTIZERS``.
 """
 
 from __future__ import annotations
 
-from stochastic_vq_core.rules import check_choice, check_int, invalid
+from stochastic_vq_core.rules import check_int, invalid
 
 METHODS = ("avq", "rvq", "pvq")
-METHOD_TITLES = {"avq": "additive VQ (AVQ)", "rvq": "residual VQ (RVQ)",
-                 "pvq": "product VQ (PVQ)"}
 # (stages, bits per stage) and AVQ beam width of the original's example scripts
 SCRIPT_SHAPES = {"avq": (3, 5), "rvq": (4, 7), "pvq": (4, 7)}
 SCRIPT_BEAM_WIDTH = 8
@@ -27,11 +26,6 @@ FIG6B_LARGEST_BEAM = 64
 def label(method: str) -> str:
     """The name of ``method`` in the published files and plots, e.g. ``"AVQ"``."""
     return method.upper()
-
-
-def check_method(method: str) -> str:
-    """``method`` if it is one of METHODS, else a ValueError naming the choices."""
-    return check_choice("method", method, METHODS)
 
 
 def beam_width_for(bits_per_stage: int, largest: int = FIG4_LARGEST_BEAM) -> int:

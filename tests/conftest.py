@@ -1,4 +1,5 @@
-"""Shared test setup: the library is a flat set of modules at the repository root."""
+"""Shared test setup: the checkout's root (the quantizers, the packages ``stochastic_vq``
+and ``stochastic_vq_core``) and the tests' helpers are importable."""
 
 import sys
 from pathlib import Path

@@ -79,6 +79,7 @@ def test_bench_training_loop_gives_the_ratio_of_its_printed_times(capsys):
     assert lines[3] == f"ratio train()/bare: {ratio:.3f}"
 
 
+@pytest.mark.slow
 def test_bench_optimizer_reset_compares_the_same_runs(capsys):
     import bench_optimizer_reset
 

@@ -33,6 +33,7 @@ def run_main(method: str, argv: list, capsys) -> tuple:
     return status, captured.out, captured.err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_script_runs_and_writes_log_and_checkpoint(method, tmp_path):
     out = tmp_path / "run"
@@ -183,3 +184,16 @@ def test_training_on_a_data_file_takes_its_dimension_and_data_defaults(tmp_path,
     assert status == 0 and log["eval_on"] == "300 rows of eval_data"
     assert log["resolved_defaults"] == {"lr_scale": "data"} and log["config"]["init"] == "uniform"
     assert 0 < log["eval_mse"] < 9.0  # well below the data's variance
+
+
+def test_estimator_flag_reaches_the_quantizer_and_the_log(tmp_path, capsys):
+    out = tmp_path / "run"
+    status, _, _ = run_main("avq", TINY_FLAGS + ["--steps", "30", "--estimator", "diveq",
+                                                 "--diveq-noise", "0.5", "--out", out], capsys)
+    assert status == 0
+    log = json.loads((out / "log.json").read_text())
+    assert (log["config"]["estimator"], log["config"]["diveq_noise"]) == ("diveq", 0.5)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["vector_quantizer"]["_extra_state"]["estimator"] == "diveq"
+    assert "_diveq_" in cli.run_name(cli.config_from_args("avq", cli.build_parser("avq")
+                                                          .parse_args(["--estimator", "diveq"])))

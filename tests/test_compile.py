@@ -22,6 +22,7 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FACTORIES)
 def test_training_forward_is_one_graph(name):
     module = FACTORIES[name]()
@@ -30,6 +31,7 @@ def test_training_forward_is_one_graph(name):
     assert explanation.graph_count == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FACTORIES)
 def test_compiled_matches_eager(name):
     eager = FACTORIES[name]()

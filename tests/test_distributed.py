@@ -18,6 +18,7 @@ from stochastic_vq.loop import TrainConfig, train
 from stochastic_vq_core.paper import METHODS
 
 WORLD = 2
+pytestmark = pytest.mark.slow  # spawns processes
 
 
 def _config(method: str) -> TrainConfig:
@@ -40,6 +41,11 @@ def _worker(rank: int, folder: str) -> None:
                                "usage": result["quantizer"].codebook_usage,
                                "replaced": sum(sum(r["replaced"]) for r in result["replacements"]),
                                "eval_mse": result["eval_mse"]}
+        result = train(replace(_config("rvq"), estimator="diveq"), progress=False)
+        results["rvq-diveq"] = {"codebooks": result["quantizer"].codebooks.detach(),
+                                "usage": result["quantizer"].codebook_usage,
+                                "replaced": sum(sum(r["replaced"]) for r in result["replacements"]),
+                                "eval_mse": result["eval_mse"]}
         config = replace(_config("rvq"), out=str(Path(folder) / "run"), save_every=70)
         train(config, progress=False, stop_after=250)  # last checkpoint at step 210
         resumed = train(replace(config, resume=True), progress=False)
@@ -58,7 +64,7 @@ def ranks(tmp_path_factory):
     return folder, results
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", [*sorted(METHODS), "rvq-diveq"])
 def test_codebooks_stay_identical_on_all_ranks(ranks, method):
     _, (first, second) = ranks
     assert torch.equal(first[method]["codebooks"], second[method]["codebooks"])

@@ -12,13 +12,15 @@ from test_images import cifar_directory
 pytest.importorskip("skimage")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["photos", "cifar"])
 def test_fig4_tiny_writes_both_panels(tmp_path, source):
     argv = ["fig4", "--tiny", "--out", str(tmp_path / "out")]
     if source == "cifar":
         cifar_directory(tmp_path / "cifar")
         argv += ["--data", str(tmp_path / "cifar"), "--seeds", "1"]
-    written = {path.name for path in reproduce.main(argv)}
+    assert reproduce.main(argv) == 0
+    written = {path.name for path in (tmp_path / "out").iterdir()}
     assert written == {"SSIM_Fig4-a.json", "PeakSNR_Fig4-b.json", "Fig4.pdf", "Fig4.png"}
     bits = list(image_experiment.PRESETS["tiny"].bits)
     for name, metric in [("SSIM_Fig4-a.json", "SSIM"), ("PeakSNR_Fig4-b.json", "Peak SNR")]:
@@ -132,3 +134,17 @@ def test_no_codeword_is_replaced_while_the_decoder_finishes():
     model.quantizer.replace_unused_codebooks = lambda *a, **k: calls.append(1) or replace(*a, **k)
     image_experiment.train_vqvae(model, train, preset, torch.Generator().manual_seed(0))
     assert len(calls) == 5  # steps 1..5; without the finish, steps 1..8
+
+
+def test_fig4_records_the_estimator_it_trained_with(tmp_path):
+    out = tmp_path / "out"
+    assert reproduce.main(["fig4", "--tiny", "--seeds", "1", "--bits", "8",
+                           "--estimator", "diveq", "--out", str(out)]) == 0
+    settings = json.loads((out / "PeakSNR_Fig4-b.json").read_text())["Settings"]
+    assert settings["estimator"] == "diveq"
+
+
+def test_build_model_passes_the_estimator_to_the_quantizer():
+    model = image_experiment.build_model("pvq", 8, 8, estimator="diveq")
+    assert model.quantizer.estimator == "diveq"
+    assert image_experiment.build_model("pvq", 8, 8).quantizer.estimator == "nsvq"

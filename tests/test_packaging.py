@@ -19,6 +19,7 @@ import pytest
 from helpers import ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11
+pytestmark = pytest.mark.slow  # builds a wheel and a virtual environment
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 TOP_LEVEL = PYPROJECT["tool"]["setuptools"]["py-modules"]
 SMOKE = """
@@ -33,6 +34,10 @@ for vq in (AVQ(3, 4, 16, 4), PVQ(4, 4, 16), RVQ(4, 4, 16)):
     out.sum().backward()
     assert vq.codebooks.grad is not None and usage.shape == (vq.num_stages, 16)
     assert vq.encode(x).shape == (32, vq.num_stages)
+import stochastic_vq
+assert (stochastic_vq.AVQ, stochastic_vq.PVQ, stochastic_vq.RVQ) == (AVQ, PVQ, RVQ)
+from stochastic_vq_core.complexity import AVQ_Complexity
+assert round(AVQ_Complexity(128, 32, 4, beam_width=8).wmops(), 5) == 0.82417
 print(additive_vq.__file__)
 """
 
@@ -48,23 +53,37 @@ def wheel(tmp_path_factory) -> Path:
     return next(dist.glob("stochastic_vq-*.whl"))
 
 
+def installed_names(wheel: Path) -> set[str]:
+    """The top-level modules and packages the wheel installs."""
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
+    return {top.removesuffix(".py") for top in tops if not top.endswith(".dist-info")}
+
+
 def test_wheel_holds_the_library_and_nothing_else(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     modules = {name[:-3] for name in names if "/" not in name and name.endswith(".py")}
     assert modules == set(TOP_LEVEL)
-    assert {"additive_vq", "product_vq", "residual_vq", "complexity"} <= modules
-    package = {name for name in names if name.startswith("stochastic_vq/")}
-    assert {f"stochastic_vq/{name}.py" for name in ("__init__", "nsvq", "loop")} <= package
+    assert {"additive_vq", "product_vq", "residual_vq", "complexity_calculator"} <= modules
+    package = {name for name in names if name.startswith(("stochastic_vq/",
+                                                          "stochastic_vq_core/"))}
+    assert {"stochastic_vq/__init__.py", "stochastic_vq/loop.py",
+            "stochastic_vq/published_results.json", "stochastic_vq_core/quantizer.py",
+            "stochastic_vq_core/complexity.py"} <= package
     assert not any(name.startswith(("tests/", "benchmarks/", "Results/")) for name in names)
     metadata = next(name for name in names if name.endswith("METADATA"))
     text = zipfile.ZipFile(wheel).read(metadata).decode()
     assert "Requires-Dist: torch>=" in text and "# Additive, product and residual VQ" in text
 
 
-def test_no_installed_module_takes_a_generic_name():
-    generic = {"training", "datasets", "nsvq", "ann", "reproduce", "utils", "data", "models"}
-    assert not generic & set(TOP_LEVEL) and PYPROJECT["tool"]["setuptools"]["packages"] == [
-        "stochastic_vq"]
+def test_no_installed_name_is_a_single_common_word(wheel):
+    """Every top-level name the wheel installs, read from the wheel itself, is a compound
+    of the project's own (``additive_vq``, ``stochastic_vq_core``, ...): no one-word name
+    such as ``complexity`` or ``data``, which other projects on the package index use."""
+    installed = installed_names(wheel)
+    assert installed == set(TOP_LEVEL) | {"stochastic_vq", "stochastic_vq_core"}
+    assert all("_" in name for name in installed), sorted(installed)
+    assert "complexity" not in installed
 
 
 def test_installed_wheel_works_outside_the_checkout(wheel, tmp_path):

@@ -86,6 +86,7 @@ def test_missing_or_corrupt_log_is_one_line_and_exit_1(content, message, tmp_pat
     assert message in stderr and stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_command_line_error_has_no_traceback(runs, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(runs[0], broken)

@@ -113,6 +113,7 @@ def run_ranks(worker, folder: Path, timeout: float = 60.0) -> list:
 # --- tests ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_no_process_group_trains_each_rank_alone(tmp_path):
     first, second = run_ranks(_worker_alone, tmp_path)
     assert not torch.equal(first, second)
@@ -126,6 +127,7 @@ def synchronised(tmp_path_factory):
     return run_ranks(_worker_synchronised, tmp_path_factory.mktemp("synchronised"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(FACTORIES))
 @pytest.mark.parametrize("group", ["default", "group"])
 def test_synchronised_replacement_is_identical_on_all_ranks(synchronised, group, kind):

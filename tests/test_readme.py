@@ -16,6 +16,7 @@ def test_readme_has_python_blocks():
     assert len(BLOCKS) >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs(index, tmp_path, monkeypatch):
     """Each block in an empty folder; a block that loads a run's checkpoint finds the one
@@ -27,6 +28,7 @@ def test_readme_block_runs(index, tmp_path, monkeypatch):
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {"__name__": "readme"})
 
 
+@pytest.mark.slow
 def test_conv_autoencoder_example_learns():
     """The drop-in example trains: its reconstruction error falls below the start."""
     import torch

@@ -59,6 +59,7 @@ def test_fig2_tiny_writes_the_published_schema(tmp_path, capsys):
     _check_mse_schema(uncorrelated, list(tiny.bits))
 
 
+@pytest.mark.slow
 def test_fig3_tiny_writes_one_file_per_dimension(tmp_path):
     reproduce.main(["fig3", "--tiny", "--seeds", "1", "--bits", "8", "--steps", "3",
                     "--out", str(tmp_path)])
@@ -79,6 +80,7 @@ def _check_recall_schema(panel: dict, ranks: list[int], methods: list[str]) -> N
         assert all(a <= b + 1e-12 for a, b in zip(mean, mean[1:]))  # recall grows with T
 
 
+@pytest.mark.slow
 def test_fig5_and_fig6a_tiny_on_the_synthetic_corpus(tmp_path):
     reproduce.main(["fig5", "--tiny", "--out", str(tmp_path)])
     recall = json.loads((tmp_path / "Recall.json").read_text())
@@ -110,6 +112,7 @@ def test_load_sift_names_missing_files(tmp_path):
         ann_experiment.load_sift(tmp_path)
 
 
+@pytest.mark.slow
 def test_parallel_points_equal_sequential_ones():
     preset = replace(mse_experiment.PRESETS["tiny"], bits=(8,))
     points = [("correlated", "avq", 8, 16, 0), ("uncorrelated", "pvq", 8, 16, 1),
@@ -219,7 +222,7 @@ def test_point_command_prints_one_value(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["fig2", "--jobs", "0"], "--jobs"),
     (["fig2", "--seeds", "0"], "--seeds"),
-    (["fig4", "--bits", "12", "14"], "--bits must be positive multiples of 4, got [14]"),
+    (["fig4", "--bits", "12", "14"], "--bits must be a multiple of 4 (the figures' codebooks)"),
     (["point", "--bits", "8"], "--method"),
     (["point", "--method", "avq", "--bits", "10"], "--bits"),
     (["point", "--method", "avq", "--bits", "8", "12"], "one --bits value"),
@@ -264,7 +267,7 @@ def test_unreadable_data_is_one_line_and_exit_2(argv, message, tmp_path, capsys)
 def test_data_is_refused_where_no_figure_reads_it(capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["fig2", "--tiny", "--data", "somewhere"])
-    assert "--data applies to fig4, fig5, fig6a only" in capsys.readouterr().err
+    assert "--data applies to fig1, fig4, fig5, fig6a only" in capsys.readouterr().err
 
 
 def test_missing_scikit_image_names_the_extra_to_install(tmp_path, monkeypatch, capsys):

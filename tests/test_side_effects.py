@@ -107,6 +107,7 @@ def test_an_error_in_a_step_leaves_no_log(monkeypatch, tmp_path):
 # --- the umask ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_importing_the_library_never_calls_umask():
     """In a fresh process: no os.umask call while importing, and files written afterwards
     get the mode of the umask the process set."""
@@ -167,6 +168,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_importing_plot_training_logs_keeps_the_backend(run_dir):
     done = run_python(f"""
         import matplotlib
