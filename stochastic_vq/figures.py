@@ -1,7 +1,8 @@
 """The figures' files: JSON in the schema of the published results, and their plots.
 
 A panel is a dict in the published schema: ``"Metric"``, the x axis (``"VQ Bitrate":
-["12 bits", ...]`` or ``"T": ["1", ...]``), then per method ``"Mean (AVQ)"``,
+["12 bits", ...]``, ``"Sampling Rate": ["8 kbits/sec", ...]`` (Figure 1's total bitrates)
+or ``"T": ["1", ...]``), then per method ``"Mean (AVQ)"``,
 ``"Quantile Low (AVQ)"``, ``"Quantile High (AVQ)"``. The files written here add
 ``"Settings"``: the mode, sizes and versions that produced them.
 
@@ -134,8 +135,11 @@ def curve_names(panel: dict) -> list[str]:
     return [key[len("Mean ("):-1] for key in panel if key.startswith("Mean (")]
 
 
-def _x_values(panel: dict) -> list[int]:
-    """The x values of a panel: bitrates from "12 bits", ... or ranks T from "1", ..."""
+def _x_values(panel: dict) -> list[float]:
+    """The x values of a panel: bitrates from "12 bits", ... or "8 kbits/sec", ..., or
+    ranks T from "1", ..."""
+    if "Sampling Rate" in panel:  # Figure 1's key for its total bitrates
+        return [float(label.split()[0]) for label in panel["Sampling Rate"]]
     labels = panel["VQ Bitrate"] if "VQ Bitrate" in panel else panel["T"]
     return [int(label.split()[0]) for label in labels]
 
@@ -150,7 +154,11 @@ def _label_axes(ax, panel: dict, label_key: str | None, title: str | None,
     if metric == "MSE":
         ax.set(ylabel="MSE (sum over dimensions)", yscale="log")
     else:
-        ax.set(ylabel=f"{metric} (dB)" if metric == "Peak SNR" else metric)
-    ax.set(xlabel="total bitrate (bits per vector)", xticks=ticks)
+        ax.set(ylabel=f"{metric} (dB)" if metric in ("Peak SNR", "pSNR") else metric)
+    if "Sampling Rate" in panel:  # Figure 1: kbit/s, labelled "8", "9.6", ...
+        ax.set(xlabel="total bitrate (kbit/s)", xticks=ticks,
+               xticklabels=[f"{tick:g}" for tick in ticks])
+    else:
+        ax.set(xlabel="total bitrate (bits per vector)", xticks=ticks)
     ax.set_title(f"{label_key}: {panel[label_key]}" if label_key else
                  f"{metric}, {title}" if title else metric)

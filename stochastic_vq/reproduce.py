@@ -51,8 +51,10 @@ EXPERIMENTS = {"fig1": speech_experiment, "fig2": mse_experiment, "fig3": mse_ex
                "fig4": image_experiment, "fig5": ann_experiment, "fig6a": ann_experiment}
 DATA_FIGURES = ("fig1", "fig4", "fig5", "fig6a")  # the figures that read --data
 ESTIMATOR_FIGURES = ("fig1", "fig4")  # the figures that take --estimator
+BITS_FIGURES = ("fig2", "fig3", "fig4", "point")  # the figures that take --bits
 # optional module (from the "experiments" extra) each figure needs: (module, package)
-OPTIONAL_MODULES = {"fig1": ("pesq", "pesq"), "fig4": ("skimage", "scikit-image")}
+OPTIONAL_MODULES = {"fig1": (("pesq", "pesq"), ("soundfile", "soundfile")),
+                    "fig4": (("skimage", "scikit-image"),)}
 DEFAULT_OUT = Path("output", "reproduce")  # + the figure's name
 
 
@@ -119,6 +121,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             check_divisible("--dim", args.dim, "the codebooks", PAPER_STAGES)
     except ValueError as error:
         parser.error(str(error))
+    if args.bits is not None and args.figure not in (*BITS_FIGURES, "all"):
+        parser.error(f"--bits applies to {', '.join(BITS_FIGURES)} only, not {args.figure}")
     if args.data is not None and args.figure not in (*DATA_FIGURES, "all"):
         parser.error(f"--data applies to {', '.join(DATA_FIGURES)} only, not {args.figure}")
     if args.estimator != DEFAULT_ESTIMATOR and args.figure not in (*ESTIMATOR_FIGURES, "all"):
@@ -154,10 +158,10 @@ def fail(parser: argparse.ArgumentParser, message: str) -> NoReturn:
 def check_packages(parser: argparse.ArgumentParser, figures: tuple[str, ...]) -> None:
     """Fail unless the optional modules that ``figures`` import are installed."""
     for figure in figures:
-        module, package = OPTIONAL_MODULES.get(figure, (None, None))
-        if module is not None and importlib.util.find_spec(module) is None:
-            fail(parser, f"{figure} needs {package} (module {module}), which is not "
-                         f'installed: pip install ".[experiments]"')
+        for module, package in OPTIONAL_MODULES.get(figure, ()):
+            if importlib.util.find_spec(module) is None:
+                fail(parser, f"{figure} needs {package} (module {module}), which is not "
+                             f'installed: pip install ".[experiments]"')
 
 
 def check_data(parser: argparse.ArgumentParser, args: argparse.Namespace,

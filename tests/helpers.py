@@ -2,12 +2,14 @@
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from additive_vq import AVQ
 from product_vq import PVQ
 from residual_vq import RVQ
 from stochastic_vq.config import TrainConfig
+from stochastic_vq.speech_codec import SAMPLE_RATE
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout
 
@@ -79,3 +81,14 @@ def set_usage(vq, usage) -> None:
     """Overwrite the usage counters of ``vq`` with ``usage`` (M, K)."""
     with torch.no_grad():
         vq.codebook_usage.copy_(torch.as_tensor(usage))
+
+
+def voiced(seconds: float, f0: float, seed: int) -> torch.Tensor:
+    """A speech-like test signal: harmonics of a wobbling pitch, syllable-rate amplitude
+    modulation and a little noise, at 16 kHz."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.1 * np.sin(2 * np.pi * 1.5 * t))) / 16000
+    harmonics = sum(np.sin(k * phase) / k for k in range(1, int(7000 / (1.1 * f0))))
+    syllables = 0.5 * (1 - np.cos(2 * np.pi * 2 * t))
+    return torch.from_numpy(0.1 * harmonics * syllables + 0.003 * rng.standard_normal(len(t)))
