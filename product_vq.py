@@ -56,6 +56,10 @@ class PVQ(VectorQuantizer):
 
     _chained = False
 
+    def _codeword_targets(self, x, codes):
+        """Each codeword's target is its sub-vector: (N, M, D/M)."""
+        return x.reshape(len(x), self.num_stages, self.sub_dim)
+
     def _init_target(self, x, residual, stage):
         return x[:, stage * self.sub_dim:(stage + 1) * self.sub_dim]
 

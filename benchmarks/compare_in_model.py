@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stochastic_vq import image_experiment  # noqa: E402
 from stochastic_vq.points import run_points  # noqa: E402
+from stochastic_vq_core.codebook_updates import EMA_DECAY  # noqa: E402
 from stochastic_vq_core.estimators import DIVEQ_NOISE, ESTIMATORS  # noqa: E402
 from stochastic_vq_core.paper import METHODS, PAPER_STAGES, label  # noqa: E402
 from vq_vae import VQVAE  # noqa: E402
@@ -181,14 +182,18 @@ def _peer_model(quantizer: Callable[[int], nn.Module], bits: int, channels: int)
     return VQVAE(quantizer(bits), channels)
 
 
-def _ours(method: str, estimator: str) -> Arm:
-    """This library's arm of ``method`` trained by ``estimator``."""
+def _ours(method: str, estimator: str, ema: bool = False) -> Arm:
+    """This library's arm of ``method`` trained by ``estimator``; with ``ema``, codebooks
+    learnt by moving averages and DiVeQ without noise (the forward is the hard code)."""
+    options = {"codebook_update": "ema", "diveq_noise": 0.0} if ema else {}
+    noise = options.get("diveq_noise", DIVEQ_NOISE)
     settings = (["beam min(K, 16)"] if method == "avq" else []) + (
-        [f"diveq_noise {DIVEQ_NOISE:g} (relative to the error norm)"]
-        if estimator == "diveq" else []) + [
+        [f"diveq_noise {noise:g} (relative to the error norm)"]
+        if estimator == "diveq" else []) + (
+        [f"codebooks by moving averages (decay {EMA_DECAY:g})"] if ema else []) + [
         "unused codewords replaced every --replace-every steps"]
-    return Arm("this", method, estimator, "; ".join(settings),
-               partial(image_experiment.build_model, method, estimator=estimator))
+    return Arm("this", f"{method} ema" if ema else method, estimator, "; ".join(settings),
+               partial(image_experiment.build_model, method, estimator=estimator, **options))
 
 
 def _vqp(quantizer: str, estimator: str, settings: str, options: dict) -> Arm:
@@ -212,6 +217,7 @@ _SF_DEFAULTS = ("package defaults: residual/product DiVeQ with replacement for 1
                 "codebooks then set from the last 50 steps' latents, SF-DiVeQ after")
 ARMS = (
     *[_ours(method, estimator) for estimator in ESTIMATORS for method in METHODS],
+    *[_ours(method, "diveq", ema=True) for method in METHODS],
     _vqp("ResidualVQ", "rotation trick", _VQP_DEFAULTS, {}),
     _vqp("ResidualVQ kmeans+expiry", "rotation trick",
          f"kmeans_init=True, threshold_ema_dead_code={DEAD_CODE_THRESHOLD}", EXPIRY),

@@ -15,6 +15,7 @@ from stochastic_vq.data import npy_columns
 from stochastic_vq.loop import train
 from stochastic_vq.methods import quantizer_class
 from stochastic_vq.runfiles import CHECKPOINT_FILE
+from stochastic_vq_core.codebook_updates import CODEBOOK_UPDATES
 from stochastic_vq_core.estimators import ESTIMATORS
 from stochastic_vq_core.paper import SCRIPT_BEAM_WIDTH, SCRIPT_SHAPES
 
@@ -87,6 +88,12 @@ def build_parser(method: str) -> argparse.ArgumentParser:
     add("--diveq-noise", type=float, default=d.diveq_noise,
         help="DiVeQ's noise relative to the quantization error's norm; 0 trains on the hard "
              f"quantization (default: {d.diveq_noise})")
+    add("--codebook-update", choices=list(CODEBOOK_UPDATES), default=d.codebook_update,
+        help="how the codebooks learn: gradient, by Adam (the paper), or ema, by moving "
+             "averages of what each codeword quantizes (online k-means) "
+             f"(default: {d.codebook_update})")
+    add("--ema-decay", type=float, default=d.ema_decay,
+        help=f"decay of those moving averages (default: {d.ema_decay})")
     add("--reset-optimizer-state", action="store_true",
         help="zero Adam's moments of replaced codewords instead of keeping the dead entries' "
              "(no measurable difference; off by default)")
@@ -122,7 +129,8 @@ def config_from_args(method: str, args: argparse.Namespace) -> TrainConfig:
         seed=args.seed, device=args.device, out=args.out, init=args.init, data=args.data,
         eval_data=args.eval_data, resume=args.resume, threads=args.threads,
         lr_scale=args.lr_scale, reset_optimizer_state=args.reset_optimizer_state,
-        estimator=args.estimator, diveq_noise=args.diveq_noise)
+        estimator=args.estimator, diveq_noise=args.diveq_noise,
+        codebook_update=args.codebook_update, ema_decay=args.ema_decay)
     if config.out is None:
         out = Path("output") / run_name(config)
         if not config.resume:  # a new folder: never overwrite an earlier run

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from stochastic_vq.methods import build_quantizer
+from stochastic_vq_core.codebook_updates import DEFAULT_CODEBOOK_UPDATE, EMA_DECAY
 from stochastic_vq_core.estimators import DEFAULT_ESTIMATOR, DIVEQ_NOISE
 from stochastic_vq_core.paper import SCRIPT_BEAM_WIDTH, SCRIPT_SHAPES
 from stochastic_vq_core.quantizer import VectorQuantizer
@@ -61,6 +62,9 @@ class TrainConfig:
     to "data" when training on data (``resolved``).
     estimator, diveq_noise: the quantizer's training-mode estimator, "nsvq" (the paper's)
     or "diveq", and DiVeQ's relative noise (``stochastic_vq_core.estimators``).
+    codebook_update, ema_decay: "gradient" (the paper's: Adam learns the codebooks) or
+    "ema" (moving averages of what each codeword quantizes, online k-means; no gradient
+    step then), and the averages' decay (``stochastic_vq_core.codebook_updates``).
     reset_optimizer_state: zero Adam's moments of the codewords a replacement overwrites
     (``replace_unused_codebooks(optimizer=...)``) instead of letting them inherit those
     of the dead entries.
@@ -91,6 +95,8 @@ class TrainConfig:
     reset_optimizer_state: bool = False
     estimator: str = DEFAULT_ESTIMATOR
     diveq_noise: float = DIVEQ_NOISE
+    codebook_update: str = DEFAULT_CODEBOOK_UPDATE
+    ema_decay: float = EMA_DECAY
 
     def __post_init__(self):
         stages, bits = SCRIPT_SHAPES.get(self.method, (None, None))
@@ -111,6 +117,7 @@ class TrainConfig:
         return build_quantizer(self.method, self.stages, self.bits, self.data_dim,
                                self.beam_width, discard_threshold=self.discard_threshold,
                                estimator=self.estimator, diveq_noise=self.diveq_noise,
+                               codebook_update=self.codebook_update, ema_decay=self.ema_decay,
                                device=torch.device("cpu") if device is None else device)
 
     def validate(self) -> None:

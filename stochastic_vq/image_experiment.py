@@ -87,13 +87,14 @@ def load_images(data: str | Path | None) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_model(method: str, bits: int, channels: int,
-                estimator: str = DEFAULT_ESTIMATOR) -> VQVAE:
+                estimator: str = DEFAULT_ESTIMATOR, **options) -> VQVAE:
     """The VQ-VAE of one point: ``method`` with 4 codebooks of ``bits // 4`` bits, trained
-    with ``estimator``."""
+    with ``estimator``; ``options``: the quantizer's other keyword options
+    (``diveq_noise``, ``codebook_update``, ...)."""
     per_stage = bits_per_stage(bits)
     quantizer = build_quantizer(method, PAPER_STAGES, per_stage, LATENT_DIM,
                                 beam_width_for(per_stage), check_finite=False,
-                                estimator=estimator)
+                                estimator=estimator, **options)
     return VQVAE(quantizer, channels)
 
 

@@ -190,7 +190,9 @@ class _Run:
             self.quantizer.initialize_from_data(self._init_samples(data, disjoint),
                                                 disjoint=disjoint)
         self.model = self.quantizer
-        if self.world > 1:  # usage counters are per rank: never broadcast buffers
+        # usage counters are per rank: never broadcast buffers; codebooks learnt by moving
+        # averages take no gradient and synchronise themselves (process_group)
+        if self.world > 1 and self.quantizer.codebooks.requires_grad:
             self.model = DistributedDataParallel(self.quantizer, **_NO_BUFFER_SYNC)
         self.optimizer = torch.optim.Adam(self.quantizer.parameters(), fused=True,
                                           lr=config.lr * lr_data_scale(config, data))
@@ -216,12 +218,13 @@ class _Run:
         return data[torch.randperm(len(data), device=self.device)[:count]]
 
     def train_step(self, x: torch.Tensor) -> None:
-        """One NSVQ forward, backward and Adam step; the loss stays on the device."""
+        """One training-mode forward, backward and Adam step; the loss stays on the device."""
         quantized, _ = self.model(x, train_mode=True)
         loss = F.mse_loss(quantized, x)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if loss.requires_grad:  # not with codebook_update="ema": the forward updated them
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
         self.loss_sum += loss.detach()
 
     def replace(self) -> None:

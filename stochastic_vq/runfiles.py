@@ -22,7 +22,8 @@ LOG_FILE, CHECKPOINT_FILE = "log.json", "checkpoint.pt"
 RESUMABLE_CHANGES = ("out", "save_every", "eval_samples", "eval_data", "resume", "threads")
 # Names of settings in checkpoints of earlier versions, and the values they had implied.
 RENAMED_SETTINGS = {"dim": "data_dim"}
-IMPLIED_SETTINGS = {"lr_scale": "absolute", "estimator": "nsvq", "diveq_noise": 1.0}
+IMPLIED_SETTINGS = {"lr_scale": "absolute", "estimator": "nsvq", "diveq_noise": 1.0,
+                    "codebook_update": "gradient", "ema_decay": 0.8}
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:

@@ -18,6 +18,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from stochastic_vq_core.codebook_updates import (
+    DEFAULT_CODEBOOK_UPDATE,
+    EMA_DECAY,
+    check_codebook_update,
+    ema_update,
+    restart_statistics,
+)
 from stochastic_vq_core.distributed import DEFAULT_GROUP, Sync, check_process_group
 from stochastic_vq_core.estimators import (
     DEFAULT_ESTIMATOR,
@@ -82,6 +89,12 @@ class VectorQuantizer(nn.Module):
             default) or "diveq" (see ``stochastic_vq_core.estimators``).
         diveq_noise: DiVeQ's noise relative to the quantization error's norm (>= 0; 0
             makes the training output the hard quantization); used by "diveq" only.
+        codebook_update: how the codebooks learn: "gradient" (the paper's: by the
+            optimizer, through the estimator) or "ema" (each training-mode forward moves
+            every codeword to the moving average of what it quantizes, as k-means would;
+            the codebooks then take no gradient; see
+            ``stochastic_vq_core.codebook_updates``).
+        ema_decay: the decay of those moving averages, in [0, 1); used by "ema" only.
 
     Attributes:
         num_stages: M, the number of codebooks.
@@ -97,7 +110,8 @@ class VectorQuantizer(nn.Module):
                  discard_threshold: float = 0.01, device=CPU, *, check_finite: bool = True,
                  replacement_noise: float = DEFAULT_REPLACEMENT_NOISE,
                  process_group=DEFAULT_GROUP, estimator: str = DEFAULT_ESTIMATOR,
-                 diveq_noise: float = DIVEQ_NOISE):
+                 diveq_noise: float = DIVEQ_NOISE,
+                 codebook_update: str = DEFAULT_CODEBOOK_UPDATE, ema_decay: float = EMA_DECAY):
         super().__init__()
         self.num_stages = check_int("num_stages", num_stages)
         self.vq_bitrate_per_stage = check_bits_per_stage("vq_bitrate_per_stage",
@@ -106,6 +120,8 @@ class VectorQuantizer(nn.Module):
         self.discard_threshold = check_real("discard_threshold", discard_threshold, 0.0, 1.0)
         self.replacement_noise = check_real("replacement_noise", replacement_noise)
         self.estimator, self.diveq_noise = check_estimator(estimator, diveq_noise)
+        self.codebook_update, self.ema_decay = check_codebook_update(codebook_update,
+                                                                     ema_decay)
         self.check_finite = bool(check_finite)
         self.process_group = check_process_group(process_group)
         self.codebook_size = 2 ** vq_bitrate_per_stage
@@ -127,10 +143,18 @@ class VectorQuantizer(nn.Module):
         return self.codebook_size
 
     def _uniform_codebooks(self, shape: tuple[int, ...], device) -> nn.Parameter:
-        """Codebooks drawn from Uniform(-1/K, 1/K), the paper's initialisation."""
+        """Codebooks drawn from Uniform(-1/K, 1/K), the paper's initialisation.
+
+        With ``codebook_update="ema"`` the parameter takes no gradient, and the buffers
+        ``ema_count`` (M*K,) and ``ema_sum`` (M*K, d) of its moving averages are made.
+        """
         bound = 1.0 / self.codebook_size
         table = torch.empty(shape, device=device).uniform_(-bound, bound)
-        return nn.Parameter(table)
+        if self.codebook_update == "ema":
+            rows = table.reshape(self.num_stages * self.codebook_size, -1)  # (MK, d)
+            self.register_buffer("ema_count", torch.ones(len(rows), device=device))
+            self.register_buffer("ema_sum", rows.clone())
+        return nn.Parameter(table, requires_grad=self.codebook_update == "gradient")
 
     # --- public API -------------------------------------------------------------------
 
@@ -158,8 +182,10 @@ class VectorQuantizer(nn.Module):
             codes = self._search(x)  # (N, M)
             if train_mode:
                 count_usage(self.codebook_usage, codes)
-                out = estimate(self.estimator, self.diveq_noise, x,
-                               self._decode(codes).to(x.dtype))
+                quantized = self._decode(codes).to(x.dtype)  # (N, D)
+                if self.codebook_update == "ema":
+                    self._ema_step(x, codes)
+                out = estimate(self.estimator, self.diveq_noise, x, quantized)
             else:
                 with torch.no_grad():
                     out = self._decode(codes)
@@ -225,6 +251,8 @@ class VectorQuantizer(nn.Module):
         if sync.leader:
             self._replace(unused, generator)
         sync.broadcast(self.codebooks.detach())
+        if self.codebook_update == "ema":
+            restart_statistics(self._rows(), self.ema_count, self.ema_sum, unused.flatten())
         if optimizer is not None:
             self._reset_optimizer_state(optimizer, unused)
         self.codebook_usage.zero_()
@@ -286,6 +314,8 @@ class VectorQuantizer(nn.Module):
         x, _ = self._flatten(samples, "samples")
         with full_precision(x.device):
             self._initialize(x, kmeans_iterations, bool(disjoint), generator)
+        if self.codebook_update == "ema":
+            restart_statistics(self._rows(), self.ema_count, self.ema_sum)
         self.codebook_usage.zero_()
 
     def _initialize(self, x: torch.Tensor, kmeans_iterations: int, disjoint: bool,
@@ -317,6 +347,8 @@ class VectorQuantizer(nn.Module):
                 f"data_dim={self.data_dim}, discard_threshold={self.discard_threshold}")
         if self.estimator != DEFAULT_ESTIMATOR:
             text += f", estimator={self.estimator!r}, diveq_noise={self.diveq_noise}"
+        if self.codebook_update != DEFAULT_CODEBOOK_UPDATE:
+            text += f", codebook_update={self.codebook_update!r}, ema_decay={self.ema_decay}"
         return text
 
     def _search(self, x: torch.Tensor) -> torch.Tensor:
@@ -364,12 +396,34 @@ class VectorQuantizer(nn.Module):
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _rows(self) -> torch.Tensor:
+        """All codewords as a (M*K, d) view of ``codebooks``, codebook m in rows
+        m*K ... (m+1)*K - 1 (no gradient)."""
+        return self.codebooks.detach().view(self.num_stages * self.codebook_size, -1)
+
+    def _offsets(self, device) -> torch.Tensor:
+        """(M,) the first row of each codebook in ``_rows()``."""
+        return torch.arange(0, self.num_stages * self.codebook_size, self.codebook_size,
+                            device=device)
+
+    def _ema_step(self, x: torch.Tensor, codes: torch.Tensor) -> None:
+        """Move the codewords chosen for x (N, D) by codes (N, M) toward their targets."""
+        targets = self._codeword_targets(x.detach(), codes)  # (N, M, d)
+        sync = Sync(self.process_group)
+        ema_update(self._rows(), self.ema_count, self.ema_sum, codes + self._offsets(x.device),
+                   targets, self.ema_decay, sync.sum)
+
+    def _codeword_targets(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """What each chosen codeword should reconstruct, (N, M, d): for a quantizer that
+        sums its codewords, x less the other chosen ones."""
+        with torch.no_grad():
+            parts = self._gather_codewords(codes)  # (N, M, D)
+        return x.unsqueeze(1) - (parts.sum(dim=1, keepdim=True) - parts)
+
     def _gather_codewords(self, codes: torch.Tensor) -> torch.Tensor:
         """The chosen codewords (N, M, d) for codes (N, M), differentiable in ``codebooks``."""
-        offsets = torch.arange(0, self.num_stages * self.codebook_size, self.codebook_size,
-                               device=codes.device)  # (M,) first row of each codebook
         rows = self.codebooks.reshape(self.num_stages * self.codebook_size, -1)  # (MK, d)
-        return F.embedding(codes + offsets, rows)
+        return F.embedding(codes + self._offsets(codes.device), rows)
 
     def _replace(self, unused: torch.Tensor, generator: torch.Generator | None) -> None:
         """Replace unused codewords codebook by codebook; unused: (M, K) bool."""
@@ -432,7 +486,8 @@ class VectorQuantizer(nn.Module):
 
     def get_extra_state(self) -> dict:
         """What a checkpoint records beside the tensors: the class and the estimator."""
-        return {"quantizer": type(self).__name__, "estimator": self.estimator}
+        return {"quantizer": type(self).__name__, "estimator": self.estimator,
+                "codebook_update": self.codebook_update}
 
     def set_extra_state(self, state: dict) -> None:
         """Nothing to restore: the estimator is the module's own (checked on loading)."""
@@ -446,6 +501,11 @@ class VectorQuantizer(nn.Module):
         if prefix + "codebooks" in state_dict:
             state_dict.setdefault(prefix + "codebook_usage", torch.zeros_like(self.codebook_usage))
             state_dict.setdefault(prefix + "_extra_state", self.get_extra_state())
+            if self.codebook_update == "ema" and prefix + "ema_count" not in state_dict:
+                codebooks = state_dict[prefix + "codebooks"]  # statistics of these codewords
+                state_dict[prefix + "ema_count"] = torch.ones_like(self.ema_count)
+                state_dict[prefix + "ema_sum"] = codebooks.reshape(self.ema_sum.shape).to(
+                    self.ema_sum.dtype).clone()
         saved = state_dict.get(prefix + "_extra_state")
         if isinstance(saved, dict) and saved.get("quantizer") not in (None, type(self).__name__):
             error_msgs.append(f"the state dict was written by a {saved['quantizer']}, not "

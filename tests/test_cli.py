@@ -197,3 +197,15 @@ def test_estimator_flag_reaches_the_quantizer_and_the_log(tmp_path, capsys):
     assert checkpoint["vector_quantizer"]["_extra_state"]["estimator"] == "diveq"
     assert "_diveq_" in cli.run_name(cli.config_from_args("avq", cli.build_parser("avq")
                                                           .parse_args(["--estimator", "diveq"])))
+
+
+def test_codebook_update_flag_trains_without_a_gradient_step(tmp_path, capsys):
+    out = tmp_path / "ema"
+    status, _, _ = run_main("pvq", TINY_FLAGS + ["--steps", "40", "--codebook-update", "ema",
+                                                 "--estimator", "diveq", "--diveq-noise", "0",
+                                                 "--out", out], capsys)
+    assert status == 0
+    log = json.loads((out / "log.json").read_text())
+    assert log["config"]["codebook_update"] == "ema" and log["eval_mse"] > 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["vector_quantizer"]
+    assert {"ema_count", "ema_sum"} <= set(state)

@@ -28,7 +28,9 @@ def test_arms_are_named_once_and_cover_every_method_and_estimator():
     assert len({arm.name for arm in ARMS}) == len(ARMS)
     assert {arm.library for arm in ARMS} == set(LIBRARIES)
     ours = [(arm.quantizer, arm.estimator) for arm in ARMS if arm.library == "this"]
-    assert sorted(ours) == sorted((m, e) for m in ("avq", "rvq", "pvq") for e in ("nsvq", "diveq"))
+    methods = ("avq", "rvq", "pvq")
+    assert sorted(ours) == sorted([(m, e) for m in methods for e in ("nsvq", "diveq")]
+                                  + [(f"{m} ema", "diveq") for m in methods])
     assert {arm.quantizer for arm in ARMS if arm.continuous} == {"ResidualSFDIVEQ",
                                                                  "ProductSFDIVEQ"}
 
@@ -38,11 +40,12 @@ def test_select_arms_by_library_substring_and_estimator():
     assert select() == list(ARMS)
     assert {arm.library for arm in select(only="nsvq")} == {"nsvq"}
     assert [arm.name for arm in select(patterns=["THIS RVQ", "residualnsvq"])] == [
-        "this rvq nsvq", "this rvq diveq", "nsvq ResidualNSVQ nsvq"]
+        "this rvq nsvq", "this rvq diveq", "this rvq ema diveq", "nsvq ResidualNSVQ nsvq"]
     diveq_ours = select(only="this", estimator="diveq")
-    assert [arm.quantizer for arm in diveq_ours] == ["avq", "rvq", "pvq"]
+    assert [arm.quantizer for arm in diveq_ours] == ["avq", "rvq", "pvq", "avq ema", "rvq ema",
+                                                     "pvq ema"]
     assert all(arm.estimator == "diveq" for arm in diveq_ours)
-    assert len(select(estimator="nsvq")) == len(ARMS) - 3  # restricts this library only
+    assert len(select(estimator="nsvq")) == len(ARMS) - 6  # restricts this library only
 
 
 def test_rate_of_continuous_codes_says_so():

@@ -41,11 +41,13 @@ def _worker(rank: int, folder: str) -> None:
                                "usage": result["quantizer"].codebook_usage,
                                "replaced": sum(sum(r["replaced"]) for r in result["replacements"]),
                                "eval_mse": result["eval_mse"]}
-        result = train(replace(_config("rvq"), estimator="diveq"), progress=False)
-        results["rvq-diveq"] = {"codebooks": result["quantizer"].codebooks.detach(),
-                                "usage": result["quantizer"].codebook_usage,
-                                "replaced": sum(sum(r["replaced"]) for r in result["replacements"]),
-                                "eval_mse": result["eval_mse"]}
+        for name, options in [("rvq-diveq", {"estimator": "diveq"}),
+                              ("pvq-ema", {"method": "pvq", "codebook_update": "ema"})]:
+            result = train(replace(_config("rvq"), **options), progress=False)
+            results[name] = {"codebooks": result["quantizer"].codebooks.detach(),
+                             "usage": result["quantizer"].codebook_usage,
+                             "replaced": sum(sum(r["replaced"]) for r in result["replacements"]),
+                             "eval_mse": result["eval_mse"]}
         config = replace(_config("rvq"), out=str(Path(folder) / "run"), save_every=70)
         train(config, progress=False, stop_after=250)  # last checkpoint at step 210
         resumed = train(replace(config, resume=True), progress=False)
@@ -64,7 +66,7 @@ def ranks(tmp_path_factory):
     return folder, results
 
 
-@pytest.mark.parametrize("method", [*sorted(METHODS), "rvq-diveq"])
+@pytest.mark.parametrize("method", [*sorted(METHODS), "rvq-diveq", "pvq-ema"])
 def test_codebooks_stay_identical_on_all_ranks(ranks, method):
     _, (first, second) = ranks
     assert torch.equal(first[method]["codebooks"], second[method]["codebooks"])

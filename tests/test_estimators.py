@@ -125,7 +125,8 @@ def test_diveq_training_forward_is_one_graph():
 def test_a_checkpoint_loads_into_another_estimator_but_not_another_class(kind):
     diveq_vq = make(kind, estimator="diveq")
     state = diveq_vq.state_dict()
-    assert state["_extra_state"] == {"quantizer": kind, "estimator": "diveq"}
+    assert state["_extra_state"] == {"quantizer": kind, "estimator": "diveq",
+                                    "codebook_update": "gradient"}
     nsvq_vq = make(kind)
     nsvq_vq.load_state_dict(state)
     assert torch.equal(nsvq_vq.codebooks, diveq_vq.codebooks)
@@ -147,3 +148,104 @@ def test_an_original_checkpoint_still_loads(kind):
     fresh = make(kind, random_codebooks=False)
     fresh.load_state_dict({"codebooks": vq.codebooks.detach().clone()})
     assert torch.equal(fresh.codebooks, vq.codebooks)
+
+
+# --- codebook updates by moving averages ------------------------------------------------
+
+
+def test_ema_codewords_are_the_running_means_of_their_targets(kind):
+    """With decay 0 every chosen codeword becomes the mean of its targets in the batch."""
+    vq = make(kind, codebook_update="ema", ema_decay=0.0)
+    assert not vq.codebooks.requires_grad
+    x = torch.randn(256, D)
+    codes = vq.encode(x)
+    before = vq.codebooks.detach().clone()
+    targets = vq._codeword_targets(x, codes)  # (N, M, d)
+    vq(x, train_mode=True)
+    after = vq.codebooks.detach()
+    for stage in range(M):
+        for index in codes[:, stage].unique():
+            chosen = codes[:, stage] == index
+            expected = targets[chosen, stage].mean(dim=0)
+            assert torch.allclose(stage_rows(after, vq, stage)[index], expected, atol=1e-5)
+        unused = torch.ones(vq.codebook_size, dtype=torch.bool)
+        unused[codes[:, stage]] = False
+        assert torch.equal(stage_rows(after, vq, stage)[unused],
+                           stage_rows(before, vq, stage)[unused])
+
+
+def stage_rows(table, vq, stage):
+    return table.reshape(M, vq.codebook_size, -1)[stage]
+
+
+def test_ema_targets_are_what_each_codeword_must_reconstruct():
+    x = torch.randn(16, D)
+    rvq = make("RVQ", codebook_update="ema")
+    codes = rvq.encode(x)
+    parts = rvq._gather_codewords(codes)  # (N, M, D)
+    targets = rvq._codeword_targets(x, codes)
+    assert torch.allclose(targets + parts.sum(1, keepdim=True) - parts, x.unsqueeze(1).expand(
+        -1, M, -1), atol=1e-6)
+    pvq = make("PVQ", codebook_update="ema")
+    assert torch.equal(pvq._codeword_targets(x, pvq.encode(x)), x.view(16, M, D // M))
+
+
+@pytest.mark.parametrize("estimator", ["nsvq", "diveq"])
+def test_ema_lowers_the_error_and_leaves_the_gradient_to_the_input(kind, estimator):
+    torch.manual_seed(0)
+    vq = make(kind, random_codebooks=False, codebook_update="ema", estimator=estimator)
+    x = torch.randn(512, D, requires_grad=True)
+    before = float((hard(vq, x.detach()) - x.detach()).pow(2).mean())
+    for _ in range(20):
+        out, _ = vq(x, train_mode=True)
+    out.pow(2).sum().backward()
+    assert x.grad is not None and vq.codebooks.grad is None
+    assert float((hard(vq, x.detach()) - x.detach()).pow(2).mean()) < 0.8 * before
+
+
+def test_ema_statistics_follow_replacement_and_checkpoints(kind):
+    vq = make(kind, codebook_update="ema")
+    x = torch.randn(64, D)
+    vq(x, train_mode=True)
+    vq.replace_unused_codebooks(1, verbose=False, generator=torch.Generator().manual_seed(0))
+    rows = vq.codebooks.detach().reshape(len(vq.ema_count), -1)
+    assert torch.allclose(vq.ema_sum / vq.ema_count.unsqueeze(1), rows, atol=1e-6)
+    state = vq.state_dict()
+    assert state["_extra_state"]["codebook_update"] == "ema"
+    other = make(kind, random_codebooks=False, codebook_update="ema")
+    other.load_state_dict(state)
+    assert torch.equal(other.ema_sum, vq.ema_sum) and torch.equal(other.ema_count, vq.ema_count)
+    gradient_trained = make(kind)  # no moving averages in its state: they start afresh
+    other.load_state_dict(gradient_trained.state_dict())
+    rows = other.codebooks.detach().reshape(len(other.ema_count), -1)
+    assert torch.equal(other.ema_count, torch.ones_like(other.ema_count))
+    assert torch.allclose(other.ema_sum, rows)
+
+
+def test_ema_training_is_seeded_and_one_graph():
+    def trained():
+        torch.manual_seed(3)
+        vq = CLASSES["RVQ"](M, 3, D, codebook_update="ema", estimator="diveq")
+        data = torch.Generator().manual_seed(0)
+        for _ in range(10):
+            vq(torch.randn(32, D, generator=data), train_mode=True)
+        return vq.codebooks.detach()
+
+    assert torch.equal(trained(), trained())
+    torch._dynamo.reset()
+    try:
+        vq = CLASSES["PVQ"](M, 3, D, check_finite=False, codebook_update="ema")
+        explanation = torch._dynamo.explain(vq)(torch.randn(32, D), True)
+        assert explanation.graph_break_count == 0
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"codebook_update": "kmeans"}, "codebook_update must be one of gradient, ema"),
+    ({"ema_decay": 1.0}, "ema_decay"),
+    ({"ema_decay": -0.1}, "ema_decay"),
+])
+def test_bad_codebook_update_options_are_named(options, match):
+    with pytest.raises(ValueError, match=match):
+        CLASSES["RVQ"](M, 3, D, **options)

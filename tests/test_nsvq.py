@@ -136,7 +136,8 @@ def test_state_dict_round_trip(kind, tmp_path):
     vq(torch.randn(30, D), train_mode=True)
     state = vq.state_dict()
     assert set(state) == {"codebooks", "codebook_usage", "_extra_state"}
-    assert state["_extra_state"] == {"quantizer": kind, "estimator": "nsvq"}
+    assert state["_extra_state"] == {"quantizer": kind, "estimator": "nsvq",
+                                    "codebook_update": "gradient"}
     torch.save(state, tmp_path / "vq.pt")
     other = make(kind)
     other.load_state_dict(torch.load(tmp_path / "vq.pt"))

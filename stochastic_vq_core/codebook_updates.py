@@ -1,0 +1,64 @@
+"""How codebooks learn: by the optimizer through the estimator's gradient, the paper's way
+(``"gradient"``), or by exponential moving averages of what each codeword quantizes
+(``"ema"``), as k-means would.
+
+With ``"ema"`` every training-mode forward pass moves each codeword to the running
+mean of its targets: ``count ← decay·count + (1 − decay)·n`` and ``sum ← decay·sum +
+(1 − decay)·Σ target`` over the batch, then ``codeword = sum / count``. A codeword's
+target is what it should reconstruct given the codewords chosen with it: for a quantizer
+that sums its codewords (AVQ, RVQ) the input less the other chosen codewords, for PVQ its
+sub-vector. The codebooks then get no gradient; the estimator still trains what comes
+before the quantizer. A codeword unused in a batch keeps its place (its count and sum
+decay alike).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from stochastic_vq_core.rules import check_choice, check_real
+
+CODEBOOK_UPDATES = ("gradient", "ema")
+DEFAULT_CODEBOOK_UPDATE = "gradient"
+EMA_DECAY = 0.8  # the default decay of the moving averages
+_TINY = 1e-12  # a count below this leaves its codeword where it is
+
+
+def check_codebook_update(update: str, decay) -> tuple[str, float]:
+    """(update, decay) if both are valid: a name of CODEBOOK_UPDATES and a decay in [0, 1)."""
+    decay = check_real("ema_decay", decay, 0.0, 1.0)
+    if decay == 1.0:
+        raise ValueError("ema_decay must be in [0, 1), got 1.0 (the codebooks would never move)")
+    return check_choice("codebook_update", update, CODEBOOK_UPDATES), decay
+
+
+@torch.no_grad()
+def ema_update(rows: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor,
+               codes: torch.Tensor, targets: torch.Tensor, decay: float, reduce) -> None:
+    """One moving-average step of the codewords, in place.
+
+    rows: (R, d) the codewords, R = M*K; counts: (R,) and sums: (R, d) their running
+    statistics; codes: (N, M) rows chosen per vector (already offset into the R rows);
+    targets: (N, M, d) what each chosen codeword should reconstruct; ``reduce(tensor)``
+    sums a batch statistic over the processes that train together.
+    """
+    flat = codes.reshape(-1)  # (N*M,)
+    batch_counts = torch.zeros_like(counts).index_add_(
+        0, flat, torch.ones_like(flat, dtype=counts.dtype))
+    batch_sums = torch.zeros_like(sums).index_add_(0, flat, targets.reshape(len(flat), -1)
+                                                   .to(sums.dtype))
+    counts.mul_(decay).add_(reduce(batch_counts), alpha=1.0 - decay)
+    sums.mul_(decay).add_(reduce(batch_sums), alpha=1.0 - decay)
+    means = sums / counts.clamp_min(_TINY).unsqueeze(1)
+    rows.copy_(torch.where((counts > _TINY).unsqueeze(1), means.to(rows.dtype), rows))
+
+
+@torch.no_grad()
+def restart_statistics(rows: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor,
+                       restarted: torch.Tensor | None = None) -> None:
+    """Make the running means equal the codewords again, in place: after the codewords
+    were set from outside (replacement, initialisation). ``restarted`` (R,) bool marks the
+    rows to restart with a count of 1 (None: every row keeps its count)."""
+    if restarted is not None:
+        counts[restarted] = 1.0
+    sums.copy_(rows.to(sums.dtype) * counts.unsqueeze(1))
