@@ -65,13 +65,13 @@ def make(kind, random_codebooks=True, **kwargs):
 def stage_rows(vq, stage):
     """Codebook ``stage`` of any quantizer as a (K, d) tensor."""
     if isinstance(vq, AVQ):
-        return vq.codebooks.detach()[stage * vq.num_codebooks:(stage + 1) * vq.num_codebooks]
+        return vq.codebooks.detach()[stage * vq.codebook_size:(stage + 1) * vq.codebook_size]
     return vq.codebooks.detach()[stage]
 
 
 def used_mask(vq, codes):
     """(M, K) bool: which codewords the codes (N, M) use."""
-    mask = torch.zeros(vq.num_stages, vq.num_codebooks, dtype=torch.bool)
+    mask = torch.zeros(vq.num_stages, vq.codebook_size, dtype=torch.bool)
     for stage in range(vq.num_stages):
         mask[stage, codes[:, stage]] = True
     return mask

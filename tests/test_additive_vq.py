@@ -28,7 +28,7 @@ def random_avq(stages, bits, dim, beam_width, scale=1.0):
 
 def stacked(vq):
     """The codebooks as a float64 (M, K, D) array, the layout of original_reference."""
-    return as_numpy(vq.codebooks).reshape(vq.num_stages, vq.num_codebooks, vq.data_dim)
+    return as_numpy(vq.codebooks).reshape(vq.num_stages, vq.codebook_size, vq.data_dim)
 
 
 def errors(vq, x, codes):
