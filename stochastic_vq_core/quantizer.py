@@ -163,9 +163,9 @@ class VectorQuantizer(nn.Module):
 
         Args:
             input_data: float tensor whose last dimension is ``data_dim``.
-            train_mode: True for the estimator's output (NSVQ by default; differentiable,
-                counts codebook usage),
-                False for the hard-quantized vectors (detached). None follows
+            train_mode: True for the estimator's output (NSVQ by default), differentiable;
+                it counts codebook usage and, with ``codebook_update="ema"``, moves the
+                codewords. False for the hard-quantized vectors (detached). None follows
                 ``self.training``.
 
         Everything is computed in float32 (float64 for float64 input), also under
