@@ -161,7 +161,7 @@ def test_jobs_do_not_change_the_rows():
 @pytest.mark.slow
 def test_diagnosis_scores_the_training_mode_output_of_ours_only(capsys):
     _skip_unless_installed("this")
-    table = compare_in_model.main(TINY + ["--seeds", "2", "--arms", "this rvq",
+    table = compare_in_model.main(TINY + ["--seeds", "2", "--arms", "this rvq nsvq",
                                           "ResidualNSVQ", "--diagnose"])
     assert "train dB" in capsys.readouterr().out.splitlines()[1]
     for row in table:
