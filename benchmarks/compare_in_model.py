@@ -44,6 +44,7 @@ latents its quantizer gives in training mode (NSVQ's or DiVeQ's output).
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import importlib.util
 import json
@@ -300,12 +301,16 @@ def run(settings: Settings, arm_name: str, bits: int, seed: int) -> dict:
 
 def diagnosis(model: VQVAE, test_images: torch.Tensor, train_mode: bool) -> dict:
     """Mean test PSNR with the decoder fed the unquantized latents and, when ``train_mode``,
-    the quantizer's training-mode output (its estimator's noise drawn from seed 0)."""
+    the quantizer's training-mode output (its estimator's noise drawn from seed 0), from a
+    copy of the quantizer, since a training-mode pass counts usage and may move codewords
+    (``codebook_update="ema"``)."""
     score = partial(image_experiment.score_images, model, test_images)
     found = {"psnr_unquantized": float(score(lambda latents: latents)[0].mean())}
     if train_mode:
+        quantizer = copy.deepcopy(model.quantizer)
+
         def training_output(latents: torch.Tensor) -> torch.Tensor:
-            return model.quantizer(latents, train_mode=True)[0]  # (B, h, w, D)
+            return quantizer(latents, train_mode=True)[0]  # (B, h, w, D)
 
         with torch.random.fork_rng():
             torch.manual_seed(0)

@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import compare_in_model  # noqa: E402
-from compare_in_model import ARMS, LIBRARIES, MODULES  # noqa: E402
+from compare_in_model import ARMS, ARMS_BY_NAME, LIBRARIES, MODULES  # noqa: E402
 
 TINY = ["--bits", "8", "--steps", "2", "--seeds", "1", "--channels", "8", "--batch-size", "2",
         "--test-images", "16"]
@@ -172,3 +172,16 @@ def test_diagnosis_scores_the_training_mode_output_of_ours_only(capsys):
                 sum(r["psnr_train_mode"] for r in row["runs"]) / 2)
         else:
             assert "psnr_train_mode" not in row
+
+
+def test_diagnosis_leaves_the_trained_model_as_it_was():
+    _skip_unless_installed("this")
+    model = ARMS_BY_NAME["this pvq ema diveq"].build(8, 8)  # moving-average codebooks
+    codebooks = model.quantizer.codebooks.detach().clone()
+    usage = model.quantizer.codebook_usage.clone()
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    found = compare_in_model.diagnosis(model, images, train_mode=True)
+    assert set(found) == {"psnr_unquantized", "psnr_train_mode"}
+    assert torch.equal(model.quantizer.codebooks, codebooks)
+    assert torch.equal(model.quantizer.codebook_usage, usage)
