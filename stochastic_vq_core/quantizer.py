@@ -506,6 +506,9 @@ class VectorQuantizer(nn.Module):
                 state_dict[prefix + "ema_count"] = torch.ones_like(self.ema_count)
                 state_dict[prefix + "ema_sum"] = codebooks.reshape(self.ema_sum.shape).to(
                     self.ema_sum.dtype).clone()
+            if self.codebook_update != "ema":  # moving averages mean nothing to gradients
+                state_dict.pop(prefix + "ema_count", None)
+                state_dict.pop(prefix + "ema_sum", None)
         saved = state_dict.get(prefix + "_extra_state")
         if isinstance(saved, dict) and saved.get("quantizer") not in (None, type(self).__name__):
             error_msgs.append(f"the state dict was written by a {saved['quantizer']}, not "

@@ -215,6 +215,9 @@ def test_ema_statistics_follow_replacement_and_checkpoints(kind):
     other = make(kind, random_codebooks=False, codebook_update="ema")
     other.load_state_dict(state)
     assert torch.equal(other.ema_sum, vq.ema_sum) and torch.equal(other.ema_count, vq.ema_count)
+    gradient = make(kind, random_codebooks=False)  # takes the codewords, not the averages
+    gradient.load_state_dict(state)
+    assert torch.equal(gradient.codebooks, vq.codebooks) and "ema_sum" not in gradient.state_dict()
     gradient_trained = make(kind)  # no moving averages in its state: they start afresh
     other.load_state_dict(gradient_trained.state_dict())
     rows = other.codebooks.detach().reshape(len(other.ema_count), -1)
