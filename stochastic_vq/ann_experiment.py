@@ -66,12 +66,22 @@ class Corpus:
     nearest: torch.Tensor  # (Q,) index of each query's nearest database vector
 
 
+def check_sift(directory: str | Path) -> None:
+    """Raise one line unless ``directory`` holds SIFT1M's files, each well formed:
+    FileNotFoundError naming the missing ones, ValueError for a malformed one."""
+    directory = Path(directory)
+    missing = [name for name in SIFT_FILES if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} lacks {', '.join(missing)} of the SIFT1M "
+                                "data set (sift_learn/base/query.fvecs, sift_groundtruth.ivecs)")
+    for name in SIFT_FILES:
+        read_vecs(directory / name, count=1)
+
+
 def load_sift(directory: str | Path) -> Corpus:
     """SIFT1M from ``directory`` (sift_learn/base/query.fvecs, sift_groundtruth.ivecs)."""
     directory = Path(directory)
-    missing = [name for name in SIFT_FILES if not (directory / name).exists()]
-    if missing:
-        raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}")
+    check_sift(directory)
     learn, base, queries = (read_vecs(directory / name) for name in SIFT_FILES[:3])
     truth = read_vecs(directory / SIFT_FILES[3])
     return Corpus("SIFT1M", learn, base, queries, truth[:, 0].long())

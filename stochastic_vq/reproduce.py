@@ -34,7 +34,6 @@ from stochastic_vq import (
     speech_data,
     speech_experiment,
 )
-from stochastic_vq.ann import read_vecs
 from stochastic_vq.figures import (
     PUBLISHED_RESULTS,
     PublishedError,
@@ -181,19 +180,9 @@ def check_data(parser: argparse.ArgumentParser, args: argparse.Namespace,
         if "fig4" in figures:
             image_experiment.load_images(args.data)
         if "fig5" in figures or "fig6a" in figures:
-            check_sift(Path(args.data))
+            ann_experiment.check_sift(args.data)
     except (ImageDataError, ValueError, OSError) as error:
         fail(parser, f"argument --data: {error}")
-
-
-def check_sift(directory: Path) -> None:
-    """ValueError (one line) unless ``directory`` holds SIFT1M's files, each well formed."""
-    missing = [name for name in ann_experiment.SIFT_FILES if not (directory / name).is_file()]
-    if missing:
-        raise ValueError(f"{directory} lacks {', '.join(missing)} of the SIFT1M "
-                         "data set (sift_learn/base/query.fvecs, sift_groundtruth.ivecs)")
-    for name in ann_experiment.SIFT_FILES:
-        read_vecs(directory / name, count=1)
 
 
 def read_published(parser: argparse.ArgumentParser, args: argparse.Namespace,
