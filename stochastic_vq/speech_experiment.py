@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from stochastic_vq.config import TrainConfig
 from stochastic_vq.figures import add_curve, save_panels
-from stochastic_vq.methods import build_quantizer
+from stochastic_vq.loop import train
 from stochastic_vq.points import run_points
 from stochastic_vq.speech_codec import (
     BANDS,
@@ -41,7 +41,6 @@ from stochastic_vq.speech_codec import (
 from stochastic_vq.speech_data import INSTALL_HINT, load_speech
 from stochastic_vq_core.estimators import DEFAULT_ESTIMATOR
 from stochastic_vq_core.paper import METHODS, label
-from stochastic_vq_core.usage import replaces_at
 
 PUBLISHED_BITRATES = (8.0, 9.6, 13.2, 16.4, 24.4, 32.0)  # kbit/s, Fig 1's x axis
 STAGES, STAGE_BITS, BEAM_WIDTH = 4, 4, 16  # 16 bits per envelope, AVQ beam 16
@@ -85,28 +84,19 @@ def envelope_shapes(signals: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([split_envelope(envelope_db(mdct(s)))[1] for s in signals]).float()
 
 
-def train_envelope_quantizer(method: str, shapes: torch.Tensor, preset: SpeechPreset,
-                             seed: int, estimator: str = DEFAULT_ESTIMATOR):
-    """AVQ, RVQ or PVQ of 4 x 4 bits trained on ``shapes`` (N, 16) with ``estimator``;
-    returned in eval mode."""
-    torch.manual_seed(seed)
-    quantizer = build_quantizer(method, STAGES, STAGE_BITS, BANDS, BEAM_WIDTH,
-                                check_finite=False, estimator=estimator)
-    generator = torch.Generator().manual_seed(seed)
-    quantizer.initialize_from_data(shapes, generator=generator)
-    optimizer = torch.optim.Adam(quantizer.parameters(), lr=preset.lr * float(shapes.std()))
-    quantizer.train()
-    for step in range(1, preset.steps + 1):
-        batch = shapes[torch.randint(len(shapes), (preset.batch_size,), generator=generator)]
-        quantized, _ = quantizer(batch, train_mode=True)  # (B, 16)
-        loss = F.mse_loss(quantized, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if replaces_at(step, preset.steps, preset.replace_every):
-            quantizer.replace_unused_codebooks(preset.replace_every, verbose=False,
-                                               generator=generator)
-    return quantizer.eval()
+def train_envelope_quantizer(method: str, shapes: torch.Tensor, held_out: torch.Tensor,
+                             preset: SpeechPreset, seed: int,
+                             estimator: str = DEFAULT_ESTIMATOR):
+    """AVQ, RVQ or PVQ of 4 x 4 bits trained on ``shapes`` (N, 16) with ``estimator`` by the
+    training scripts' loop (k-means start, Adam at ``lr`` times the data's standard
+    deviation, codewords replaced on the scripts' schedule); ``held_out`` (n, 16) is its
+    final evaluation. Returned in eval mode."""
+    config = TrainConfig(method=method, stages=STAGES, bits=STAGE_BITS, beam_width=BEAM_WIDTH,
+                         data_dim=BANDS, steps=preset.steps, batch_size=preset.batch_size,
+                         lr=preset.lr, replace_every=preset.replace_every,
+                         log_every=preset.steps, save_every=preset.steps, seed=seed,
+                         device="cpu", init="data", lr_scale="data", estimator=estimator)
+    return train(config, shapes, held_out, progress=False)["quantizer"]
 
 
 def pesq_score(reference: torch.Tensor, decoded: torch.Tensor) -> float:
@@ -173,8 +163,8 @@ def speech_point(preset: SpeechPreset, data: str | None, method: str, seed: int,
     train, test = load_speech(data, preset.train_seconds, preset.test_utterances)
     quantizer = None
     if method != UNQUANTIZED:
-        quantizer = train_envelope_quantizer(method, envelope_shapes(train), preset, seed,
-                                             estimator)
+        quantizer = train_envelope_quantizer(method, envelope_shapes(train),
+                                             envelope_shapes(test), preset, seed, estimator)
     return code_utterances(quantizer, test, preset.bitrates)
 
 
