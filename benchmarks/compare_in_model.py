@@ -81,8 +81,11 @@ class PeerQuantizer(nn.Module):
     """Another library's layer behind this library's quantizer interface.
 
     ``forward(x) -> (quantized, None)`` for latents (..., D): the layer's training output in
-    training mode, its hard quantization in eval mode; ``encode(x) -> (..., M)`` int64
-    codes; ``loss``: the auxiliary loss of the last training call (0 when there is none).
+    training mode; in eval mode ``decode(encode(x))``, what the codes decode to, so that
+    every row scores its codes and nothing else (the layer's own eval output need not be:
+    ``ResidualVQ(diveq=True)`` of vector-quantize-pytorch 1.32 applies its noisy DiVeQ
+    output in eval mode too). ``encode(x) -> (..., M)`` int64 codes, ``decode`` back;
+    ``loss``: the auxiliary loss of the last training call (0 when there is none).
     ``bits`` per latent vector over M = 4 codebooks of ``2 ** (bits / 4)`` entries.
     """
 
@@ -92,6 +95,14 @@ class PeerQuantizer(nn.Module):
         self.codebook_size = 2 ** (bits // PAPER_STAGES)
         self.bits_per_vector = bits
         self.loss = torch.zeros(())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if self.training:
+            return self._training_output(x), None
+        return self._eval_output(x), None
+
+    def _eval_output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
 
 
 class VQPytorchLayer(PeerQuantizer):
@@ -112,10 +123,10 @@ class VQPytorchLayer(PeerQuantizer):
                                         codebook_dim=self.data_dim // self.num_stages,
                                         **options)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def _training_output(self, x: torch.Tensor) -> torch.Tensor:
         quantized, _, loss = self.layer(x.reshape(len(x), -1, self.data_dim))  # (B, n, D)
         self.loss = loss.sum()
-        return quantized.reshape(x.shape), None
+        return quantized.reshape(x.shape)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,13 +135,22 @@ class VQPytorchLayer(PeerQuantizer):
         _, codes, _ = self.layer(x.reshape(len(x), -1, self.data_dim))  # (B, n, M)
         return codes.reshape(*x.shape[:-1], self.num_stages)
 
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Latents (..., D) that codes (..., M) stand for."""
+        flat = codes.reshape(len(codes), -1, self.num_stages)  # (B, n, M)
+        return self.layer.get_output_from_indices(flat).reshape(*codes.shape[:-1],
+                                                                self.data_dim)
+
 
 class AuthorsLayer(PeerQuantizer):
     """A multi-codebook class of the authors' ``diveq`` or ``nsvq`` package (``module``,
     ``name``), built with its defaults and ``options``. Training calls its ``forward``
-    (which also replaces unused codewords on its own schedule), eval its ``inference``.
-    The SF-DiVeQ classes' hard output is a continuous point between two codewords per
-    stage; their ``encode`` gives the nearest codeword of each stage (what usage counts).
+    (which also replaces unused codewords on its own schedule). Its codebooks are summed
+    (``Residual*`` classes) or concatenated (``Product*``) to decode. The SF-DiVeQ classes'
+    hard output is a continuous point between two codewords per stage, so their eval
+    output is the class's ``inference`` (the rows say that the codes are not ``bits``
+    bits); their ``encode`` gives the nearest codeword of each stage (what usage counts).
     """
 
     def __init__(self, module: str, name: str, bits: int, **options):
@@ -138,17 +158,30 @@ class AuthorsLayer(PeerQuantizer):
         layer_class = getattr(importlib.import_module(module), name)
         self.layer = layer_class(self.codebook_size, self.data_dim, self.num_stages,
                                  verbose=False, **options)
+        self.continuous = "SF" in name
+        self.product = name.startswith("Product")
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        flat = x.reshape(-1, self.data_dim)  # (N, D)
-        quantized = self.layer(flat)[0] if self.training else self.layer.inference(flat)[0]
-        return quantized.reshape(x.shape), None
+    def _training_output(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.reshape(-1, self.data_dim))[0].reshape(x.shape)
+
+    def _eval_output(self, x: torch.Tensor) -> torch.Tensor:
+        if self.continuous:
+            return self.layer.inference(x.reshape(-1, self.data_dim))[0].reshape(x.shape)
+        return super()._eval_output(x)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Codes (..., M) of latents (..., D): the nearest codeword of each stage."""
         _, codes, _ = self.layer.inference(x.reshape(-1, self.data_dim))  # M x (N,)
         return torch.stack(list(codes), dim=-1).reshape(*x.shape[:-1], self.num_stages)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Latents (..., D) that codes (..., M) stand for: the sum (residual classes) or
+        the concatenation (product classes) of the chosen codewords."""
+        codebooks = self.layer.codebook  # (M, K, d)
+        chosen = [codebooks[stage][codes[..., stage]] for stage in range(self.num_stages)]
+        return torch.cat(chosen, dim=-1) if self.product else sum(chosen)
 
 
 @dataclass(frozen=True)

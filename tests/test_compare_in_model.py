@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import compare_in_model  # noqa: E402
-from compare_in_model import ARMS, ARMS_BY_NAME, LIBRARIES, MODULES  # noqa: E402
+from compare_in_model import ARMS, ARMS_BY_NAME, LIBRARIES, MODULES, VQP  # noqa: E402
 
 TINY = ["--bits", "8", "--steps", "2", "--seeds", "1", "--channels", "8", "--batch-size", "2",
         "--test-images", "16"]
@@ -106,6 +106,41 @@ def test_peer_adapter_has_the_quantizer_interface(arm):
     assert hard.shape == latents.shape
     assert codes.shape == (2, 8, 8, 4) and codes.dtype == torch.int64
     assert 0 <= codes.min() and codes.max() < 4
+
+
+@pytest.mark.parametrize("arm", [arm for arm in PEERS if not arm.continuous],
+                         ids=lambda arm: arm.quantizer)
+def test_peer_rows_score_what_their_codes_decode_to(arm):
+    pytest.importorskip(MODULES[arm.library])
+    torch.manual_seed(0)
+    quantizer = arm.build(8, 8).quantizer
+    latents = torch.randn(2, 8, 8, 64)  # (B, h, w, D)
+    for _ in range(3):  # move the codebooks off their initialisation
+        (quantizer(latents)[0].square().sum() + quantizer.loss).backward()
+    quantizer.eval()
+    hard, _ = quantizer(latents)
+    torch.testing.assert_close(hard, quantizer.decode(quantizer.encode(latents)))
+    torch.testing.assert_close(hard, quantizer(latents)[0])  # deterministic
+    if arm.library != VQP:  # the authors' own hard quantization agrees
+        torch.testing.assert_close(
+            hard.reshape(-1, 64), quantizer.layer.inference(latents.reshape(-1, 64))[0])
+
+
+def test_residual_vq_diveq_eval_output_is_not_its_codes():
+    """Why the adapters decode codes: vector-quantize-pytorch's ResidualVQ(diveq=True)
+    returns a noisy point at the error's distance in eval mode, not what its codes give."""
+    pytest.importorskip(MODULES[VQP])
+    from vector_quantize_pytorch import ResidualVQ
+
+    torch.manual_seed(0)
+    layer = ResidualVQ(dim=64, num_quantizers=4, codebook_size=4, diveq=True).eval()
+    latents = torch.randn(2, 16, 64)  # (B, n, D)
+    with torch.no_grad():
+        output, codes, _ = layer(latents)
+        again, _, _ = layer(latents)
+        decoded = layer.get_output_from_indices(codes)
+    assert not torch.allclose(output, decoded, atol=1e-3)
+    assert not torch.allclose(output, again, atol=1e-3)
 
 
 def test_sf_diveq_hard_output_is_not_a_sum_of_codewords():
