@@ -62,3 +62,10 @@ class RVQ(VectorQuantizer):
 
     def _decode(self, codes):
         return self._gather_codewords(codes).sum(dim=1)  # (N, M, D) -> (N, D)
+
+    def _codeword_targets(self, x, codes):
+        """Each codeword's target is the residual its stage quantized, x less the codewords
+        of the stages before it, (N, M, D): the k-means condition of the greedy search."""
+        with torch.no_grad():
+            parts = self._gather_codewords(codes)  # (N, M, D)
+        return x.unsqueeze(1) - (parts.cumsum(dim=1) - parts)

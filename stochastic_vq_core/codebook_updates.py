@@ -5,9 +5,10 @@
 With ``"ema"`` every training-mode forward pass moves each codeword to the running
 mean of its targets: ``count ← decay·count + (1 − decay)·n`` and ``sum ← decay·sum +
 (1 − decay)·Σ target`` over the batch, then ``codeword = sum / count``. A codeword's
-target is what it should reconstruct given the codewords chosen with it: for a quantizer
-that sums its codewords (AVQ, RVQ) the input less the other chosen codewords, for PVQ its
-sub-vector. The codebooks then get no gradient; the estimator still trains what comes
+target is what it should reconstruct given the codewords chosen with it: for AVQ, whose
+codewords are chosen jointly, the input less the other chosen codewords; for RVQ, whose
+stages choose one after another, the residual its stage quantized (the input less the
+codewords of the earlier stages); for PVQ its sub-vector. The codebooks then get no gradient; the estimator still trains what comes
 before the quantizer. A codeword unused in a batch keeps its place (its count and sum
 decay alike).
 """

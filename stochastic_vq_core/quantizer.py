@@ -414,8 +414,8 @@ class VectorQuantizer(nn.Module):
                    targets, self.ema_decay, sync.sum)
 
     def _codeword_targets(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """What each chosen codeword should reconstruct, (N, M, d): for a quantizer that
-        sums its codewords, x less the other chosen ones."""
+        """What each chosen codeword should reconstruct, (N, M, d): by default (AVQ, whose
+        codewords are chosen jointly) x less the other chosen ones."""
         with torch.no_grad():
             parts = self._gather_codewords(codes)  # (N, M, D)
         return x.unsqueeze(1) - (parts.sum(dim=1, keepdim=True) - parts)

@@ -180,12 +180,20 @@ def stage_rows(table, vq, stage):
 
 def test_ema_targets_are_what_each_codeword_must_reconstruct():
     x = torch.randn(16, D)
-    rvq = make("RVQ", codebook_update="ema")
-    codes = rvq.encode(x)
-    parts = rvq._gather_codewords(codes)  # (N, M, D)
-    targets = rvq._codeword_targets(x, codes)
+    avq = make("AVQ", codebook_update="ema")
+    codes = avq.encode(x)
+    parts = avq._gather_codewords(codes)  # (N, M, D)
+    targets = avq._codeword_targets(x, codes)  # x less the other chosen codewords
     assert torch.allclose(targets + parts.sum(1, keepdim=True) - parts, x.unsqueeze(1).expand(
         -1, M, -1), atol=1e-6)
+    rvq = make("RVQ", codebook_update="ema")
+    codes = rvq.encode(x)
+    parts = rvq._gather_codewords(codes)
+    targets = rvq._codeword_targets(x, codes)  # the residual each stage quantized
+    residual = x.clone()
+    for stage in range(M):
+        assert torch.allclose(targets[:, stage], residual, atol=1e-6)
+        residual = residual - parts[:, stage]
     pvq = make("PVQ", codebook_update="ema")
     assert torch.equal(pvq._codeword_targets(x, pvq.encode(x)), x.view(16, M, D // M))
 
