@@ -73,6 +73,7 @@ LIBRARIES = ("this", VQP, "diveq", "nsvq")
 MODULES = {VQP: "vector_quantize_pytorch", "diveq": "diveq", "nsvq": "nsvq"}  # to import
 DEAD_CODE_THRESHOLD = 2  # the value of vector-quantize-pytorch's README examples
 EXPIRY = {"kmeans_init": True, "threshold_ema_dead_code": DEAD_CODE_THRESHOLD}
+EMA_DIVEQ_NOISE = 0.3  # DiVeQ's relative noise beside moving-average codebooks
 SCORES = ("psnr", "ssim", "usage", "step_ms")  # of every run
 DIAGNOSES = ("psnr_unquantized", "psnr_train_mode")  # of a run with --diagnose (2nd: ours)
 
@@ -218,8 +219,8 @@ def _peer_model(quantizer: Callable[[int], nn.Module], bits: int, channels: int)
 
 def _ours(method: str, estimator: str, ema: bool = False) -> Arm:
     """This library's arm of ``method`` trained by ``estimator``; with ``ema``, codebooks
-    learnt by moving averages and DiVeQ without noise (the forward is the hard code)."""
-    options = {"codebook_update": "ema", "diveq_noise": 0.0} if ema else {}
+    learnt by moving averages and DiVeQ with EMA_DIVEQ_NOISE (near the hard code)."""
+    options = {"codebook_update": "ema", "diveq_noise": EMA_DIVEQ_NOISE} if ema else {}
     noise = options.get("diveq_noise", DIVEQ_NOISE)
     settings = (["beam min(K, 16)"] if method == "avq" else []) + (
         [f"diveq_noise {noise:g} (relative to the error norm)"]
