@@ -401,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=quick.steps,
                         help=f"training steps (default: {quick.steps})")
     parser.add_argument("--seeds", type=int, default=2, help="runs per row (default: 2)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seed of a row's first run; its runs take the next --seeds seeds "
+                             "(default: 0), to add runs to earlier rows")
     parser.add_argument("--batch-size", type=int, default=quick.batch_size,
                         help=f"images per step (default: {quick.batch_size})")
     parser.add_argument("--channels", type=int, default=quick.channels,
@@ -449,6 +452,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be >= 1, "
                          f"got {getattr(args, option)}")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
     if args.jobs > 1 and args.threads > 1:
         parser.error("--threads applies to --jobs 1 only: every job runs with one thread")
     if not 0 <= args.decoder_finish < 1:
@@ -475,7 +480,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{'bits':>4}  {'library':<23} {'quantizer':<47} {'estimator':<14} "
           f"{'PSNR dB (range)':>20}  {'SSIM':>6}  {'usage':>7}  {'ms/step':>7}"
           + (f"  {'unq dB':>8}  {'train dB':>8}" if args.diagnose else ""), flush=True)
-    groups = [[(arm.name, bits, seed) for seed in range(args.seeds)]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    groups = [[(arm.name, bits, seed) for seed in seeds]
               for bits in args.bits for arm in arms]
     table, done = [], {}
 

@@ -69,6 +69,7 @@ def test_list_prints_every_arm(capsys):
     (["--decoder-finish", "1"], "--decoder-finish must be in [0, 1)"),
     (["--bits", "6"], "--bits must be positive multiples of 4"),
     (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--first-seed", "-1"], "--first-seed must be >= 0"),
     (["--jobs", "2", "--threads", "2"], "--threads applies to --jobs 1 only"),
     (["--arms", "no such arm"], "no arm to run"),
     (["--only", "faiss"], "invalid choice"),
@@ -220,3 +221,12 @@ def test_diagnosis_leaves_the_trained_model_as_it_was():
     assert set(found) == {"psnr_unquantized", "psnr_train_mode"}
     assert torch.equal(model.quantizer.codebooks, codebooks)
     assert torch.equal(model.quantizer.codebook_usage, usage)
+
+
+def test_first_seed_continues_the_seeds_of_an_earlier_row():
+    _skip_unless_installed("this")
+    arm = ["--arms", "this rvq nsvq"]
+    both = compare_in_model.main(TINY[:4] + ["--seeds", "2"] + TINY[6:] + arm)[0]
+    second = compare_in_model.main(TINY + arm + ["--first-seed", "1"])[0]
+    assert both["seeds"] == [0, 1] and second["seeds"] == [1]
+    assert second["psnr"] == both["runs"][1]["psnr"]
