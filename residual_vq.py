@@ -68,4 +68,9 @@ class RVQ(VectorQuantizer):
         of the stages before it, (N, M, D): the k-means condition of the greedy search."""
         with torch.no_grad():
             parts = self._gather_codewords(codes)  # (N, M, D)
-        return x.unsqueeze(1) - (parts.cumsum(dim=1) - parts)
+            targets = torch.empty_like(parts)
+            residual = x.clone()  # (N, D)
+            for stage in range(self.num_stages):  # a loop of (N, D) steps beats a cumsum
+                targets[:, stage] = residual
+                residual -= parts[:, stage]
+        return targets

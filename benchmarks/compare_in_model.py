@@ -13,8 +13,9 @@ linearly to 0 over the last quarter; M = 4 codebooks of ``bits / 4`` bits, D = 6
 training function of the Figure 4 experiment; only the quantizer differs. The arms
 (``ARMS``, ``--list``), each with its library's recommended settings:
 
-- this library: AVQ (beam min(K, 16)), RVQ and PVQ, each trained by NSVQ and by DiVeQ,
-  unused codewords replaced every ``--replace-every`` steps (never in the last 2 x that);
+- this library: AVQ (beam min(K, 16)), RVQ and PVQ, each trained by NSVQ, by DiVeQ, and
+  by DiVeQ with moving-average codebooks ("ema" arms), unused codewords replaced every
+  ``--replace-every`` steps (never in the last 2 x that);
 - vector-quantize-pytorch 1.32 (optional): ``ResidualVQ``, and ``VectorQuantize`` with 4
   heads of separate 16-dimensional codebooks (product quantization of the latent vector),
   each (a) with its defaults: EMA codebooks, gradients through the rotation trick (not a
@@ -35,6 +36,11 @@ README does; the authors' packages have none. Test images are scored as in Figur
 entries that the codes of 4096 training images use after training. One row per arm and
 bitrate: means over seeds, with the range over seeds. ``--jobs N`` trains N runs at once,
 each in its own process with one CPU thread; the rows do not depend on N.
+
+``--time-bottleneck`` trains nothing: it times the bottleneck alone, a training-mode
+forward and backward of each arm's quantizer on a batch of the model's latents
+(``--batch-size`` x 8 x 8 x D), one thread, the arms taking turns in every round; a row is
+the fastest round's median step, with its ratio to the fastest other library's arm.
 
 ``--diagnose`` adds the test PSNR of each trained model with its decoder fed the
 unquantized latents (what the quantization costs) and, for this library's rows, the
@@ -382,6 +388,40 @@ def print_row(row: dict) -> None:
           flush=True)
 
 
+def time_bottlenecks(arms: list[Arm], bits: int, batch_size: int, rounds: int = 5,
+                     steps: int = 30, warmup: int = 10) -> dict[str, float]:
+    """ms per training-mode forward and backward of each arm's quantizer alone on random
+    latents (batch_size, 8, 8, D): per arm the fastest of ``rounds`` rounds (the arms
+    take turns in each), a round's value the median of ``steps`` steps after ``warmup``."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    quantizers = {arm.name: arm.build(bits, 8).quantizer.train() for arm in arms}
+    latents = torch.randn(batch_size, 8, 8, image_experiment.LATENT_DIM)  # (B, h, w, D)
+    best = dict.fromkeys(quantizers, float("inf"))
+    for _ in range(rounds):
+        for name, quantizer in quantizers.items():
+            times = []
+            for step in range(warmup + steps):
+                x = latents.clone().requires_grad_(True)
+                start = time.perf_counter()
+                out, _ = quantizer(x)
+                loss = out.square().mean() + getattr(quantizer, "loss", 0.0)
+                loss.backward()
+                if step >= warmup:
+                    times.append(time.perf_counter() - start)
+            best[name] = min(best[name], statistics.median(times) * 1e3)
+    return best
+
+
+def print_bottleneck_times(arms: list[Arm], bits: int, times: dict[str, float]) -> None:
+    peers = [times[arm.name] for arm in arms if arm.library != "this"]
+    fastest = min(peers) if peers else None
+    for arm in arms:
+        ratio = f"  {times[arm.name] / fastest:5.2f}x" if fastest else ""
+        print(f"{bits:>4}  {arm.library:<23} {arm.quantizer:<40} {arm.estimator:<14} "
+              f"{times[arm.name]:7.2f} ms{ratio}", flush=True)
+
+
 def print_arms() -> None:
     """One line per arm: library, quantizer, estimator and settings."""
     for arm in ARMS:
@@ -431,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--estimator", choices=ESTIMATORS, default=None,
                         help="this library's arms with this estimator only")
     parser.add_argument("--list", action="store_true", help="print the arms and exit")
+    parser.add_argument("--time-bottleneck", action="store_true",
+                        help="train nothing: time each arm's quantizer alone (forward and "
+                             "backward on a batch of latents, one thread) and exit")
     parser.add_argument("--diagnose", action="store_true",
                         help="also score each model with its decoder fed the unquantized "
                              "latents and (this library) its quantizer's training-mode output")
@@ -466,6 +509,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not arms:
         parser.error("no arm to run: none matches --only/--arms/--estimator or is installed "
                      "(see --list)")
+    if args.time_bottleneck:
+        print(f"{'bits':>4}  {'library':<23} {'quantizer':<40} {'estimator':<14} "
+              f"{'ms/step':>10}  vs fastest other library")
+        for bits in args.bits:
+            print_bottleneck_times(arms, bits, time_bottlenecks(arms, bits, args.batch_size))
+        return []
     preset = replace(image_experiment.PRESETS["quick"], steps=args.steps,
                      batch_size=args.batch_size, channels=args.channels, lr=args.lr,
                      replace_every=args.replace_every, test_images=args.test_images,

@@ -230,3 +230,12 @@ def test_first_seed_continues_the_seeds_of_an_earlier_row():
     second = compare_in_model.main(TINY + arm + ["--first-seed", "1"])[0]
     assert both["seeds"] == [0, 1] and second["seeds"] == [1]
     assert second["psnr"] == both["runs"][1]["psnr"]
+
+
+def test_time_bottleneck_prints_a_row_per_arm_and_trains_nothing(capsys):
+    _skip_unless_installed("this")
+    assert compare_in_model.main(["--bits", "8", "--batch-size", "2", "--arms", "this rvq",
+                                  "--time-bottleneck"]) == []
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [row[:3] for row in rows] == [["8", "this", "rvq"]] * 3
+    assert all(float(row[-2]) > 0 and row[-1] == "ms" for row in rows)  # no peer: no ratio
