@@ -8,9 +8,9 @@ mean of its targets: ``count ← decay·count + (1 − decay)·n`` and ``sum ←
 target is what it should reconstruct given the codewords chosen with it: for AVQ, whose
 codewords are chosen jointly, the input less the other chosen codewords; for RVQ, whose
 stages choose one after another, the residual its stage quantized (the input less the
-codewords of the earlier stages); for PVQ its sub-vector. The codebooks then get no gradient; the estimator still trains what comes
-before the quantizer. A codeword unused in a batch keeps its place (its count and sum
-decay alike).
+codewords of the earlier stages); for PVQ its sub-vector. The codebooks then get no
+gradient; the estimator still trains what comes before the quantizer. A codeword unused
+in a batch keeps its place (its count and sum decay alike).
 """
 
 from __future__ import annotations
