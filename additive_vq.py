@@ -90,9 +90,6 @@ class AVQ(VectorQuantizer):
         codewords, norms, cross = tables
         return beam_search(x, codewords, norms, cross, self.num_stages, self.beam_width)
 
-    def _decode(self, codes):
-        return self._gather_codewords(codes).sum(dim=1)  # (N, M, D) -> (N, D)
-
     def _stage_table(self, stage):
         entries = self.codebook_size
         return self.codebooks.detach()[stage * entries:(stage + 1) * entries]

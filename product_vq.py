@@ -56,15 +56,15 @@ class PVQ(VectorQuantizer):
 
     _chained = False
 
-    def _codeword_targets(self, x, codes):
+    def _codeword_targets(self, x, parts):
         """Each codeword's target is its sub-vector: (N, M, D/M)."""
         return x.reshape(len(x), self.num_stages, self.sub_dim)
 
     def _init_target(self, x, residual, stage):
         return x[:, stage * self.sub_dim:(stage + 1) * self.sub_dim]
 
-    def _decode(self, codes):
-        return self._gather_codewords(codes).reshape(len(codes), self.data_dim)  # (N, D)
+    def _combine(self, parts):
+        return parts.reshape(len(parts), self.data_dim)  # (N, M, D/M) -> (N, D)
 
     @torch.no_grad()
     def search_tables(self, queries: torch.Tensor) -> torch.Tensor:

@@ -60,17 +60,12 @@ class RVQ(VectorQuantizer):
             codes.append(index)
         return torch.stack(codes, dim=1)  # (N, M)
 
-    def _decode(self, codes):
-        return self._gather_codewords(codes).sum(dim=1)  # (N, M, D) -> (N, D)
-
-    def _codeword_targets(self, x, codes):
+    def _codeword_targets(self, x, parts):
         """Each codeword's target is the residual its stage quantized, x less the codewords
         of the stages before it, (N, M, D): the k-means condition of the greedy search."""
-        with torch.no_grad():
-            parts = self._gather_codewords(codes)  # (N, M, D)
-            targets = torch.empty_like(parts)
-            residual = x.clone()  # (N, D)
-            for stage in range(self.num_stages):  # a loop of (N, D) steps beats a cumsum
-                targets[:, stage] = residual
-                residual -= parts[:, stage]
+        targets = torch.empty_like(parts)
+        residual = x.clone()  # (N, D)
+        for stage in range(self.num_stages):  # a loop of (N, D) steps beats a cumsum
+            targets[:, stage] = residual
+            residual -= parts[:, stage]
         return targets

@@ -72,10 +72,11 @@ class VectorQuantizer(nn.Module):
     - ``_encode_chunk(x, tables)``: codes (n, M) int64 of x (n, D);
     - ``_elements_per_row()``: size of the search's largest temporary per vector (sets the
       chunk size);
-    - ``_decode(codes)``: vectors (N, D) of codes (N, M), differentiable in ``codebooks``;
     - ``_stage_table(stage)``: a (K, d) view of one codebook (default: ``codebooks[stage]``);
 
-    and may override ``_replace`` (which rows one replacement pools), ``_init_target``
+    and may override ``_combine`` (the vector its chosen codewords stand for; default:
+    their sum), ``_codeword_targets`` (what each chosen codeword should reconstruct),
+    ``_replace`` (which rows one replacement pools), ``_init_target``
     with ``_chained`` (what ``initialize_from_data`` fits each codebook to) and
     ``search_tables`` / ``table_distances`` (nearest-neighbour search by lookup).
 
@@ -182,9 +183,10 @@ class VectorQuantizer(nn.Module):
             codes = self._search(x)  # (N, M)
             if train_mode:
                 count_usage(self.codebook_usage, codes)
-                quantized = self._decode(codes).to(x.dtype)  # (N, D)
+                parts = self._gather_codewords(codes)  # (N, M, d)
+                quantized = self._combine(parts).to(x.dtype)  # (N, D)
                 if self.codebook_update == "ema":
-                    self._ema_step(x, codes)
+                    self._ema_step(x, codes, parts)
                 out = estimate(self.estimator, self.diveq_noise, x, quantized)
             else:
                 with torch.no_grad():
@@ -394,7 +396,13 @@ class VectorQuantizer(nn.Module):
         raise NotImplementedError
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Vectors (N, D) of codes (N, M), differentiable in ``codebooks``."""
+        return self._combine(self._gather_codewords(codes))
+
+    def _combine(self, parts: torch.Tensor) -> torch.Tensor:
+        """The vectors (N, D) that the chosen codewords (N, M, d) stand for: by default
+        their sum (AVQ, RVQ)."""
+        return parts.sum(dim=1)
 
     def _rows(self) -> torch.Tensor:
         """All codewords as a (M*K, d) view of ``codebooks``, codebook m in rows
@@ -406,18 +414,17 @@ class VectorQuantizer(nn.Module):
         return torch.arange(0, self.num_stages * self.codebook_size, self.codebook_size,
                             device=device)
 
-    def _ema_step(self, x: torch.Tensor, codes: torch.Tensor) -> None:
-        """Move the codewords chosen for x (N, D) by codes (N, M) toward their targets."""
-        targets = self._codeword_targets(x.detach(), codes)  # (N, M, d)
+    def _ema_step(self, x: torch.Tensor, codes: torch.Tensor, parts: torch.Tensor) -> None:
+        """Move the codewords chosen for x (N, D) by codes (N, M), parts (N, M, d), toward
+        their targets."""
+        targets = self._codeword_targets(x.detach(), parts.detach())  # (N, M, d)
         sync = Sync(self.process_group)
         ema_update(self._rows(), self.ema_count, self.ema_sum, codes + self._offsets(x.device),
                    targets, self.ema_decay, sync.sum)
 
-    def _codeword_targets(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """What each chosen codeword should reconstruct, (N, M, d): by default (AVQ, whose
-        codewords are chosen jointly) x less the other chosen ones."""
-        with torch.no_grad():
-            parts = self._gather_codewords(codes)  # (N, M, D)
+    def _codeword_targets(self, x: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+        """What each chosen codeword of parts (N, M, d) should reconstruct, (N, M, d): by
+        default (AVQ, whose codewords are chosen jointly) x less the other chosen ones."""
         return x.unsqueeze(1) - (parts.sum(dim=1, keepdim=True) - parts)
 
     def _gather_codewords(self, codes: torch.Tensor) -> torch.Tensor:

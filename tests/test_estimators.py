@@ -160,7 +160,7 @@ def test_ema_codewords_are_the_running_means_of_their_targets(kind):
     x = torch.randn(256, D)
     codes = vq.encode(x)
     before = vq.codebooks.detach().clone()
-    targets = vq._codeword_targets(x, codes)  # (N, M, d)
+    targets = vq._codeword_targets(x, vq._gather_codewords(codes))  # (N, M, d)
     vq(x, train_mode=True)
     after = vq.codebooks.detach()
     for stage in range(M):
@@ -183,19 +183,20 @@ def test_ema_targets_are_what_each_codeword_must_reconstruct():
     avq = make("AVQ", codebook_update="ema")
     codes = avq.encode(x)
     parts = avq._gather_codewords(codes)  # (N, M, D)
-    targets = avq._codeword_targets(x, codes)  # x less the other chosen codewords
+    targets = avq._codeword_targets(x, parts)  # x less the other chosen codewords
     assert torch.allclose(targets + parts.sum(1, keepdim=True) - parts, x.unsqueeze(1).expand(
         -1, M, -1), atol=1e-6)
     rvq = make("RVQ", codebook_update="ema")
     codes = rvq.encode(x)
     parts = rvq._gather_codewords(codes)
-    targets = rvq._codeword_targets(x, codes)  # the residual each stage quantized
+    targets = rvq._codeword_targets(x, parts)  # the residual each stage quantized
     residual = x.clone()
     for stage in range(M):
         assert torch.allclose(targets[:, stage], residual, atol=1e-6)
         residual = residual - parts[:, stage]
     pvq = make("PVQ", codebook_update="ema")
-    assert torch.equal(pvq._codeword_targets(x, pvq.encode(x)), x.view(16, M, D // M))
+    parts = pvq._gather_codewords(pvq.encode(x))
+    assert torch.equal(pvq._codeword_targets(x, parts), x.view(16, M, D // M))
 
 
 @pytest.mark.parametrize("estimator", ["nsvq", "diveq"])
