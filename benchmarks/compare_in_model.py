@@ -58,7 +58,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -308,7 +308,6 @@ class Settings:
     threads: int
 
 
-@cache
 def _images(data: str | None, test_images: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(training, test) uint8 images, the test images cut to the first ``test_images``."""
     train, test = image_experiment.load_images(data)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Callable
 
@@ -81,8 +81,12 @@ PRESETS = {
 }
 
 
+@cache
 def load_images(data: str | Path | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training, test) uint8 images: CIFAR-10 from ``data``, else scikit-image tiles."""
+    """(training, test) uint8 images: CIFAR-10 from ``data``, else scikit-image tiles.
+
+    Read once per process: every point of a run that process trains reuses them (callers
+    index them, never write into them)."""
     return load_cifar10(data) if data is not None else photo_tiles()
 
 

@@ -16,6 +16,7 @@ and codec2-examples' two 16 kHz samples with pocketsphinx's five "cards" recordi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -90,16 +91,22 @@ def load_speech(data: str | Path | None, train_seconds: float = 0.0,
     """(training signals, test signals) from ``data`` (None: the Debian speech).
 
     ``train_seconds``: read training files until this much speech (0: all);
-    ``test_utterances``: the first this many test files (0: all).
+    ``test_utterances``: the first this many test files (0: all). A file is read once per
+    process: every point of a run that process codes reuses it.
     """
     train_files, test_files = speaker_split(data) if data is not None else debian_split()
     train: list[torch.Tensor] = []
     for path in train_files:
         if train_seconds and sum(map(len, train)) >= train_seconds * SAMPLE_RATE:
             break
-        train.append(read_audio(path))
+        train.append(_read_once(path))
     test_files = test_files[:test_utterances] if test_utterances else test_files
-    return train, [read_audio(path) for path in test_files]
+    return train, [_read_once(path) for path in test_files]
+
+
+@cache
+def _read_once(path: Path) -> torch.Tensor:
+    return read_audio(path)
 
 
 def _interleave(groups: Sequence[list[Path]]) -> list[Path]:
