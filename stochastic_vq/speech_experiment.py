@@ -210,7 +210,7 @@ def run_fig1(preset: SpeechPreset, out: Path, settings: dict, data: str | None =
             add_curve(panel, label(method), pooled[method][metric])
         panels[FILES[metric]] = panel
     data_name = str(data) if data is not None else "Debian speech (pocketsphinx, codec2)"
-    settings = {**settings, "data": data_name, "estimator": estimator, "shaping": SHAPING,
+    settings = {**settings, "data": data_name, "shaping": SHAPING,
                 "speech_seconds": {name: round(value, 1) for name, value in seconds.items()},
                 "utterances_coded": len(test)}
     measurements = measurement_table(pooled, lsd, axis, settings)
