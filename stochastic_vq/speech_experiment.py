@@ -133,10 +133,11 @@ def log_spectral_distortion(shape: torch.Tensor, decoded: torch.Tensor) -> torch
     return (shape - decoded).pow(2).mean(dim=-1).sqrt()
 
 
-def code_utterances(quantizer, test: list[torch.Tensor],
-                    bitrates: tuple[float, ...]) -> dict[str, list]:
+def code_utterances(quantizer, test: list[torch.Tensor], bitrates: tuple[float, ...],
+                    test_shapes: torch.Tensor) -> dict[str, list]:
     """Per bitrate and test utterance: PESQ, weighted SNR (dB) and the kbit/s spent; and
-    the envelope's mean log-spectral distortion (dB) over the test frames."""
+    the envelope's mean log-spectral distortion (dB) over the test frames, whose envelope
+    shapes are ``test_shapes`` (``envelope_shapes(test)``)."""
     scores = {"pesq": [], "psnr": [], "kbps": []}
     for bitrate in bitrates:
         codec = SpeechCodec(bitrate, quantizer)
@@ -150,7 +151,7 @@ def code_utterances(quantizer, test: list[torch.Tensor],
                                   * SAMPLE_RATE / HOP / 1000)
         for name in scores:
             scores[name].append(values[name])
-    shapes = envelope_shapes(test).double()
+    shapes = test_shapes.double()
     decoded_shapes = SpeechCodec(bitrates[0], quantizer).quantize_envelope(shapes)[1]
     scores["lsd"] = float(log_spectral_distortion(shapes, decoded_shapes).mean())
     return scores
@@ -161,11 +162,12 @@ def speech_point(preset: SpeechPreset, data: str | None, method: str, seed: int,
     """``code_utterances`` with ``method``'s trained quantizer (or none); one CPU thread."""
     torch.set_num_threads(1)
     train, test = load_speech(data, preset.train_seconds, preset.test_utterances)
+    test_shapes = envelope_shapes(test)  # (frames, BANDS)
     quantizer = None
     if method != UNQUANTIZED:
-        quantizer = train_envelope_quantizer(method, envelope_shapes(train),
-                                             envelope_shapes(test), preset, seed, estimator)
-    return code_utterances(quantizer, test, preset.bitrates)
+        quantizer = train_envelope_quantizer(method, envelope_shapes(train), test_shapes,
+                                             preset, seed, estimator)
+    return code_utterances(quantizer, test, preset.bitrates, test_shapes)
 
 
 def bitrate_labels(bitrates: tuple[float, ...]) -> list[str]:
