@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from stochastic_vq_core.kmeans import first_argmin, search_layout
 from stochastic_vq_core.quantizer import CPU, VectorQuantizer
 from stochastic_vq_core.rules import check_divisible
 
@@ -44,7 +45,8 @@ class PVQ(VectorQuantizer):
         return self.num_stages * self.codebook_size
 
     def _tables(self, dtype):
-        codebooks = self.codebooks.detach().to(dtype)  # (M, K, d)
+        # (M, K, d), the entries in first_argmin's order
+        codebooks = search_layout(self.codebooks.detach().to(dtype), 1)
         return codebooks.transpose(1, 2), codebooks.pow(2).sum(-1).unsqueeze(1)  # (M,d,K), (M,1,K)
 
     def _encode_chunk(self, x, tables):
@@ -52,7 +54,7 @@ class PVQ(VectorQuantizer):
         parts = x.reshape(len(x), self.num_stages, self.sub_dim).transpose(0, 1)  # (M, N, d)
         # ||p - c||² - ||p||² for all subspaces in one batched product, (M, N, K)
         distances = torch.baddbmm(norms, parts, codebooks_t, alpha=-2.0)
-        return distances.argmin(dim=2).t()  # (N, M)
+        return first_argmin(distances).t()  # (N, M)
 
     _chained = False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from stochastic_vq_core.kmeans import first_argmin, search_layout
 from stochastic_vq_core.quantizer import CPU, VectorQuantizer
 
 
@@ -43,10 +44,11 @@ class RVQ(VectorQuantizer):
 
     def _tables(self, dtype):
         codebooks = self.codebooks.detach().to(dtype)  # (M, K, D)
-        return codebooks, codebooks.pow(2).sum(-1)  # (M, K, D), (M, K)
+        laid_out = search_layout(codebooks, 1)  # (M, K, D), the entries in first_argmin's order
+        return codebooks, laid_out, laid_out.pow(2).sum(-1)  # (M, K, D), (M, K, D), (M, K)
 
     def _encode_chunk(self, x, tables):
-        codebooks, norms = tables
+        codebooks, laid_out, norms = tables
         residual = x.clone()  # (N, D)
         # one buffer each for the distances and the chosen codewords, reused by every stage
         distances = x.new_empty(len(x), self.codebook_size)  # (N, K)
@@ -54,8 +56,8 @@ class RVQ(VectorQuantizer):
         codes = []
         for stage in range(self.num_stages):
             # ||r - c||² - ||r||² = ||c||² - 2 <r, c>, (N, K)
-            torch.addmm(norms[stage], residual, codebooks[stage].t(), alpha=-2.0, out=distances)
-            index = distances.argmin(dim=1)  # (N,)
+            torch.addmm(norms[stage], residual, laid_out[stage].t(), alpha=-2.0, out=distances)
+            index = first_argmin(distances)  # (N,)
             residual -= torch.index_select(codebooks[stage], 0, index, out=chosen)
             codes.append(index)
         return torch.stack(codes, dim=1)  # (N, M)

@@ -12,7 +12,13 @@ import torch
 
 from product_vq import PVQ
 from stochastic_vq_core import kmeans as kmeans_module
-from stochastic_vq_core.kmeans import kmeans, nearest_rows
+from stochastic_vq_core.kmeans import (
+    ARGMIN_BLOCKS,
+    first_argmin,
+    kmeans,
+    nearest_rows,
+    search_layout,
+)
 
 ITERATIONS = [1, 3, 10]
 SEED = 1234
@@ -249,3 +255,47 @@ def test_pvq_codebooks_after_zero_iterations_are_rows_of_their_slice():
         part = samples[:, 2 * stage:2 * stage + 2]
         rows = vq.codebooks.detach()[stage]
         assert (rows[:, None, :] == part[None, :, :]).all(dim=2).any(dim=1).all()
+
+
+# --- first_argmin over a table in search_layout ---------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 16, 96, 128, 256, 1024])
+@pytest.mark.parametrize("lead", [(), (7,), (3, 5)])
+def test_first_argmin_is_the_argmin_in_the_tables_own_order(size, lead):
+    g = generator(size)
+    distances = torch.randn(*lead, size, generator=g)
+    laid_out = search_layout(distances, -1)  # what a product with a laid-out table gives
+    assert torch.equal(first_argmin(laid_out), distances.argmin(dim=-1))
+
+
+@pytest.mark.parametrize("size", [16, 256])
+def test_first_argmin_takes_the_first_of_equal_minima_and_the_first_nan(size):
+    distances = torch.rand(6, size, generator=generator(1))
+    late, early = size - 1, size // 2 - 3  # in different blocks when K is split
+    distances[0, [early, late]] = -1.0  # a tie: the first entry
+    distances[1, [late, early + 1, early]] = -1.0
+    distances[2] = 0.5  # all equal: entry 0
+    distances[3, [late, early]] = float("nan")  # the first NaN, as argmin
+    distances[4, late] = float("nan")
+    distances[4, 0] = -5.0
+    expected = distances.argmin(dim=-1)
+    assert expected[:4].tolist() == [early, early, 0, early]
+    assert torch.equal(first_argmin(search_layout(distances, -1)), expected)
+
+
+def test_search_layout_moves_entries_along_the_given_dimension():
+    table = torch.arange(256).reshape(1, 256, 1).expand(2, 256, 3)  # entry k holds k
+    laid_out = search_layout(table, 1)
+    assert laid_out.shape == table.shape
+    members = 256 // ARGMIN_BLOCKS
+    position = 5 * ARGMIN_BLOCKS + 2  # member j = 5 of block b = 2
+    assert torch.equal(laid_out[:, position], table[:, 2 * members + 5])
+    assert torch.equal(search_layout(table[:, :16], 1), table[:, :16])  # small K: unchanged
+
+
+def test_nearest_rows_with_a_blocked_table():
+    g = generator(5)
+    points = torch.randn(300, 6, generator=g, dtype=torch.float64)
+    table = torch.randn(256, 6, generator=g, dtype=torch.float64)
+    assert torch.equal(nearest_rows(points, table), brute_force_nearest(points, table))
