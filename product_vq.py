@@ -58,15 +58,20 @@ class PVQ(VectorQuantizer):
 
     _chained = False
 
-    def _codeword_targets(self, x, parts):
-        """Each codeword's target is its sub-vector: (N, M, D/M)."""
-        return x.reshape(len(x), self.num_stages, self.sub_dim)
+    def _codeword_targets(self, x, codes, quantized):
+        """Each codeword's target is its sub-vector, (N, D/M) per stage."""
+        return x.reshape(len(x), self.num_stages, self.sub_dim).unbind(dim=1)
 
     def _init_target(self, x, residual, stage):
         return x[:, stage * self.sub_dim:(stage + 1) * self.sub_dim]
 
-    def _combine(self, parts):
-        return parts.reshape(len(parts), self.data_dim)  # (N, M, D/M) -> (N, D)
+    def _decode(self, codes):
+        """The chosen codewords side by side, (N, D), differentiable in ``codebooks``."""
+        rows = self.codebooks.reshape(self.num_stages * self.codebook_size, self.sub_dim)
+        flat = (codes + self._offsets(codes.device)).reshape(-1)  # (N*M,)
+        # index_select, whose backward is an index_add, trains several times faster on a
+        # CPU than an embedding lookup
+        return rows.index_select(0, flat).view(len(codes), self.data_dim)
 
     @torch.no_grad()
     def search_tables(self, queries: torch.Tensor) -> torch.Tensor:

@@ -62,12 +62,11 @@ class RVQ(VectorQuantizer):
             codes.append(index)
         return torch.stack(codes, dim=1)  # (N, M)
 
-    def _codeword_targets(self, x, parts):
+    def _codeword_targets(self, x, codes, quantized):
         """Each codeword's target is the residual its stage quantized, x less the codewords
-        of the stages before it, (N, M, D): the k-means condition of the greedy search."""
-        targets = torch.empty_like(parts)
-        residual = x.clone()  # (N, D)
-        for stage in range(self.num_stages):  # a loop of (N, D) steps beats a cumsum
-            targets[:, stage] = residual
-            residual -= parts[:, stage]
-        return targets
+        of the stages before it, (N, D) per stage: the k-means condition of the greedy
+        search."""
+        residual = x
+        for stage in range(self.num_stages):
+            yield residual
+            residual = residual - self._chosen(codes, stage)

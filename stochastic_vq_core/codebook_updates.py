@@ -35,19 +35,17 @@ def check_codebook_update(update: str, decay) -> tuple[str, float]:
 
 @torch.no_grad()
 def ema_update(rows: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor,
-               codes: torch.Tensor, targets: torch.Tensor, decay: float, reduce) -> None:
+               codes: torch.Tensor, batch_sums: torch.Tensor, decay: float, reduce) -> None:
     """One moving-average step of the codewords, in place.
 
     rows: (R, d) the codewords, R = M*K; counts: (R,) and sums: (R, d) their running
     statistics; codes: (N, M) rows chosen per vector (already offset into the R rows);
-    targets: (N, M, d) what each chosen codeword should reconstruct; ``reduce(tensor)``
-    sums a batch statistic over the processes that train together.
+    batch_sums: (R, d) the sum of each row's targets (what it should reconstruct) over the
+    batch; ``reduce(tensor)`` sums a batch statistic over the processes that train together.
     """
     flat = codes.reshape(-1)  # (N*M,)
     batch_counts = torch.zeros_like(counts).index_add_(
         0, flat, torch.ones_like(flat, dtype=counts.dtype))
-    batch_sums = torch.zeros_like(sums).index_add_(0, flat, targets.reshape(len(flat), -1)
-                                                   .to(sums.dtype))
     counts.mul_(decay).add_(reduce(batch_counts), alpha=1.0 - decay)
     sums.mul_(decay).add_(reduce(batch_sums), alpha=1.0 - decay)
     means = sums / counts.clamp_min(_TINY).unsqueeze(1)

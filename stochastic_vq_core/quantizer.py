@@ -13,10 +13,10 @@ Notation: ``M`` codebooks (stages), ``K = 2**b`` entries each, ``D`` data dimens
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from stochastic_vq_core.codebook_updates import (
     DEFAULT_CODEBOOK_UPDATE,
@@ -33,6 +33,7 @@ from stochastic_vq_core.estimators import (
     estimate,
 )
 from stochastic_vq_core.kmeans import CHUNK_ELEMENTS, kmeans, nearest_rows
+from stochastic_vq_core.row_sums import sum_rows
 from stochastic_vq_core.rules import check_bits_per_stage, check_int, check_real
 from stochastic_vq_core.usage import (
     DEFAULT_REPLACEMENT_NOISE,
@@ -74,7 +75,7 @@ class VectorQuantizer(nn.Module):
       chunk size);
     - ``_stage_table(stage)``: a (K, d) view of one codebook (default: ``codebooks[stage]``);
 
-    and may override ``_combine`` (the vector its chosen codewords stand for; default:
+    and may override ``_decode`` (the vector its chosen codewords stand for; default:
     their sum), ``_codeword_targets`` (what each chosen codeword should reconstruct),
     ``_replace`` (which rows one replacement pools), ``_init_target``
     with ``_chained`` (what ``initialize_from_data`` fits each codebook to) and
@@ -183,10 +184,9 @@ class VectorQuantizer(nn.Module):
             codes = self._search(x)  # (N, M)
             if train_mode:
                 count_usage(self.codebook_usage, codes)
-                parts = self._gather_codewords(codes)  # (N, M, d)
-                quantized = self._combine(parts).to(x.dtype)  # (N, D)
+                quantized = self._decode(codes).to(x.dtype)  # (N, D)
                 if self.codebook_update == "ema":
-                    self._ema_step(x, codes, parts)
+                    self._ema_step(x, codes, quantized)
                 out = estimate(self.estimator, self.diveq_noise, x, quantized)
             else:
                 with torch.no_grad():
@@ -396,13 +396,10 @@ class VectorQuantizer(nn.Module):
         raise NotImplementedError
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Vectors (N, D) of codes (N, M), differentiable in ``codebooks``."""
-        return self._combine(self._gather_codewords(codes))
-
-    def _combine(self, parts: torch.Tensor) -> torch.Tensor:
-        """The vectors (N, D) that the chosen codewords (N, M, d) stand for: by default
-        their sum (AVQ, RVQ)."""
-        return parts.sum(dim=1)
+        """Vectors (N, D) of codes (N, M), differentiable in ``codebooks``: by default the
+        sum of the chosen codewords (AVQ, RVQ)."""
+        rows = self.codebooks.reshape(self.num_stages * self.codebook_size, -1)  # (MK, D)
+        return sum_rows(rows, codes + self._offsets(codes.device))
 
     def _rows(self) -> torch.Tensor:
         """All codewords as a (M*K, d) view of ``codebooks``, codebook m in rows
@@ -414,23 +411,29 @@ class VectorQuantizer(nn.Module):
         return torch.arange(0, self.num_stages * self.codebook_size, self.codebook_size,
                             device=device)
 
-    def _ema_step(self, x: torch.Tensor, codes: torch.Tensor, parts: torch.Tensor) -> None:
-        """Move the codewords chosen for x (N, D) by codes (N, M), parts (N, M, d), toward
-        their targets."""
-        targets = self._codeword_targets(x.detach(), parts.detach())  # (N, M, d)
+    def _ema_step(self, x: torch.Tensor, codes: torch.Tensor, quantized: torch.Tensor) -> None:
+        """Move the codewords chosen for x (N, D) by codes (N, M), which decode to quantized
+        (N, D), toward their targets."""
+        rows = codes + self._offsets(x.device)  # (N, M) rows of _rows()
+        sums = torch.zeros_like(self.ema_sum)  # (MK, d) the batch's sum of targets per row
+        targets = self._codeword_targets(x.detach(), codes, quantized.detach())
+        for stage, stage_targets in enumerate(targets):
+            sums.index_add_(0, rows[:, stage], stage_targets.to(sums.dtype))
         sync = Sync(self.process_group)
-        ema_update(self._rows(), self.ema_count, self.ema_sum, codes + self._offsets(x.device),
-                   targets, self.ema_decay, sync.sum)
+        ema_update(self._rows(), self.ema_count, self.ema_sum, rows, sums, self.ema_decay,
+                   sync.sum)
 
-    def _codeword_targets(self, x: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
-        """What each chosen codeword of parts (N, M, d) should reconstruct, (N, M, d): by
-        default (AVQ, whose codewords are chosen jointly) x less the other chosen ones."""
-        return x.unsqueeze(1) - (parts.sum(dim=1, keepdim=True) - parts)
+    def _codeword_targets(self, x: torch.Tensor, codes: torch.Tensor,
+                          quantized: torch.Tensor) -> Iterator[torch.Tensor]:
+        """What the codewords chosen by codes (N, M) for x (N, D) should reconstruct, stage
+        by stage (N, d); quantized (N, D) is their decoding. By default (AVQ, whose
+        codewords are chosen jointly) x less the other chosen codewords."""
+        for stage in range(self.num_stages):
+            yield x - (quantized - self._chosen(codes, stage))
 
-    def _gather_codewords(self, codes: torch.Tensor) -> torch.Tensor:
-        """The chosen codewords (N, M, d) for codes (N, M), differentiable in ``codebooks``."""
-        rows = self.codebooks.reshape(self.num_stages * self.codebook_size, -1)  # (MK, d)
-        return F.embedding(codes + self._offsets(codes.device), rows)
+    def _chosen(self, codes: torch.Tensor, stage: int) -> torch.Tensor:
+        """The codewords (N, d) that codes (N, M) choose in codebook ``stage`` (no gradient)."""
+        return self._stage_table(stage).index_select(0, codes[:, stage])
 
     def _replace(self, unused: torch.Tensor, generator: torch.Generator | None) -> None:
         """Replace unused codewords codebook by codebook; unused: (M, K) bool."""

@@ -160,7 +160,7 @@ def test_ema_codewords_are_the_running_means_of_their_targets(kind):
     x = torch.randn(256, D)
     codes = vq.encode(x)
     before = vq.codebooks.detach().clone()
-    targets = vq._codeword_targets(x, vq._gather_codewords(codes))  # (N, M, d)
+    targets = stacked_targets(vq, x, codes)  # (N, M, d)
     vq(x, train_mode=True)
     after = vq.codebooks.detach()
     for stage in range(M):
@@ -174,6 +174,17 @@ def test_ema_codewords_are_the_running_means_of_their_targets(kind):
                            stage_rows(before, vq, stage)[unused])
 
 
+def stacked_targets(vq, x, codes):
+    """The targets the quantizer yields stage by stage for codes (N, M), (N, M, d)."""
+    return torch.stack(list(vq._codeword_targets(x, codes, vq.decode(codes))), dim=1)
+
+
+def chosen_codewords(vq, codes):
+    """(N, M, d) the codewords codes (N, M) choose, codebook by codebook."""
+    table = vq.codebooks.detach().reshape(M, vq.codebook_size, -1)
+    return torch.stack([table[stage][codes[:, stage]] for stage in range(M)], dim=1)
+
+
 def stage_rows(table, vq, stage):
     return table.reshape(M, vq.codebook_size, -1)[stage]
 
@@ -182,21 +193,20 @@ def test_ema_targets_are_what_each_codeword_must_reconstruct():
     x = torch.randn(16, D)
     avq = make("AVQ", codebook_update="ema")
     codes = avq.encode(x)
-    parts = avq._gather_codewords(codes)  # (N, M, D)
-    targets = avq._codeword_targets(x, parts)  # x less the other chosen codewords
+    parts = chosen_codewords(avq, codes)  # (N, M, D)
+    targets = stacked_targets(avq, x, codes)  # x less the other chosen codewords
     assert torch.allclose(targets + parts.sum(1, keepdim=True) - parts, x.unsqueeze(1).expand(
         -1, M, -1), atol=1e-6)
     rvq = make("RVQ", codebook_update="ema")
     codes = rvq.encode(x)
-    parts = rvq._gather_codewords(codes)
-    targets = rvq._codeword_targets(x, parts)  # the residual each stage quantized
+    parts = chosen_codewords(rvq, codes)
+    targets = stacked_targets(rvq, x, codes)  # the residual each stage quantized
     residual = x.clone()
     for stage in range(M):
         assert torch.allclose(targets[:, stage], residual, atol=1e-6)
         residual = residual - parts[:, stage]
     pvq = make("PVQ", codebook_update="ema")
-    parts = pvq._gather_codewords(pvq.encode(x))
-    assert torch.equal(pvq._codeword_targets(x, parts), x.view(16, M, D // M))
+    assert torch.equal(stacked_targets(pvq, x, pvq.encode(x)), x.view(16, M, D // M))
 
 
 @pytest.mark.parametrize("estimator", ["nsvq", "diveq"])
