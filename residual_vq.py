@@ -58,8 +58,9 @@ class RVQ(VectorQuantizer):
             # ||r - c||² - ||r||² = ||c||² - 2 <r, c>, (N, K)
             torch.addmm(norms[stage], residual, laid_out[stage].t(), alpha=-2.0, out=distances)
             index = first_argmin(distances)  # (N,)
-            residual -= torch.index_select(codebooks[stage], 0, index, out=chosen)
             codes.append(index)
+            if stage + 1 < self.num_stages:  # the last stage's residual is not needed
+                residual -= torch.index_select(codebooks[stage], 0, index, out=chosen)
         return torch.stack(codes, dim=1)  # (N, M)
 
     def _codeword_targets(self, x, codes, quantized):
@@ -67,6 +68,7 @@ class RVQ(VectorQuantizer):
         of the stages before it, (N, D) per stage: the k-means condition of the greedy
         search."""
         residual = x
-        for stage in range(self.num_stages):
+        yield residual
+        for stage in range(1, self.num_stages):
+            residual = residual - self._chosen(codes, stage - 1)
             yield residual
-            residual = residual - self._chosen(codes, stage)
