@@ -14,7 +14,8 @@ training function of the Figure 4 experiment; only the quantizer differs. The ar
 (``ARMS``, ``--list``), each with its library's recommended settings:
 
 - this library: AVQ (beam min(K, 16)), RVQ and PVQ, each trained by NSVQ, by DiVeQ, and
-  by DiVeQ with moving-average codebooks ("ema" arms), unused codewords replaced every
+  by DiVeQ with moving-average codebooks ("ema" arms: noise 0.3, decay 0.9 for PVQ and
+  0.8 for the others, or ``--ema-decay``), unused codewords replaced every
   ``--replace-every`` steps (never in the last 2 x that);
 - vector-quantize-pytorch 1.32 (optional): ``ResidualVQ``, and ``VectorQuantize`` with 4
   heads of separate 16-dimensional codebooks (product quantization of the latent vector),
@@ -80,6 +81,7 @@ MODULES = {VQP: "vector_quantize_pytorch", "diveq": "diveq", "nsvq": "nsvq"}  # 
 DEAD_CODE_THRESHOLD = 2  # the value of vector-quantize-pytorch's README examples
 EXPIRY = {"kmeans_init": True, "threshold_ema_dead_code": DEAD_CODE_THRESHOLD}
 EMA_DIVEQ_NOISE = 0.3  # DiVeQ's relative noise beside moving-average codebooks
+PVQ_EMA_DECAY = 0.9  # PVQ's moving averages; AVQ's and RVQ's take the default EMA_DECAY
 SCORES = ("psnr", "ssim", "usage", "step_ms")  # of every run
 DIAGNOSES = ("psnr_unquantized", "psnr_train_mode")  # of a run with --diagnose (2nd: ours)
 
@@ -225,13 +227,18 @@ def _peer_model(quantizer: Callable[[int], nn.Module], bits: int, channels: int)
 
 def _ours(method: str, estimator: str, ema: bool = False) -> Arm:
     """This library's arm of ``method`` trained by ``estimator``; with ``ema``, codebooks
-    learnt by moving averages and DiVeQ with EMA_DIVEQ_NOISE (near the hard code)."""
-    options = {"codebook_update": "ema", "diveq_noise": EMA_DIVEQ_NOISE} if ema else {}
+    learnt by moving averages (decay PVQ_EMA_DECAY for PVQ, EMA_DECAY for the others) and
+    DiVeQ with EMA_DIVEQ_NOISE (near the hard code)."""
+    options = {}
+    if ema:
+        options = {"codebook_update": "ema", "diveq_noise": EMA_DIVEQ_NOISE,
+                   "ema_decay": PVQ_EMA_DECAY if method == "pvq" else EMA_DECAY}
     noise = options.get("diveq_noise", DIVEQ_NOISE)
     settings = (["beam min(K, 16)"] if method == "avq" else []) + (
         [f"diveq_noise {noise:g} (relative to the error norm)"]
         if estimator == "diveq" else []) + (
-        [f"codebooks by moving averages (decay {EMA_DECAY:g})"] if ema else []) + [
+        [f"codebooks by moving averages (decay {options['ema_decay']:g}; --ema-decay)"]
+        if ema else []) + [
         "unused codewords replaced every --replace-every steps"]
     return Arm("this", f"{method} ema" if ema else method, estimator, "; ".join(settings),
                partial(image_experiment.build_model, method, estimator=estimator, **options))
@@ -300,12 +307,14 @@ def select_arms(only: str | None = None, patterns: list[str] | None = None,
 @dataclass(frozen=True)
 class Settings:
     """What the runs of one invocation share: training sizes (``preset``, with the test
-    images to score), the data folder (None: photo tiles), ``diagnose``, torch threads."""
+    images to score), the data folder (None: photo tiles), ``diagnose``, torch threads,
+    and the decay of this library's moving-average arms (None: each arm's own)."""
 
     preset: image_experiment.ImagePreset
     data: str | None
     diagnose: bool
     threads: int
+    ema_decay: float | None = None
 
 
 def _images(data: str | None, test_images: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -322,7 +331,9 @@ def run(settings: Settings, arm_name: str, bits: int, seed: int) -> dict:
     arm = ARMS_BY_NAME[arm_name]
     train_images, test_images = _images(settings.data, settings.preset.test_images)
     torch.manual_seed(seed)
-    model = arm.build(bits, settings.preset.channels)
+    overrides = ({"ema_decay": settings.ema_decay}
+                 if settings.ema_decay is not None and arm.quantizer.endswith(" ema") else {})
+    model = arm.build(bits, settings.preset.channels, **overrides)
     quantizer = model.quantizer
     extra_loss = None if arm.library == "this" else (lambda: quantizer.loss)
     step_ms = image_experiment.train_vqvae(model, train_images, settings.preset,
@@ -462,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoder-finish", type=float, default=0.0, metavar="SHARE",
                         help="this library's rows: train the decoder alone on hard-quantized "
                              "latents over this share of the steps at the end (default: 0)")
+    parser.add_argument("--ema-decay", type=float, default=None,
+                        help="decay of this library's moving-average (ema) arms (default: "
+                             f"{PVQ_EMA_DECAY:g} for PVQ, {EMA_DECAY:g} for AVQ and RVQ)")
     parser.add_argument("--only", choices=LIBRARIES, default=None,
                         help="run one library's arms only")
     parser.add_argument("--arms", nargs="+", default=None, metavar="SUBSTRING",
@@ -498,6 +512,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--first-seed must be >= 0, got {args.first_seed}")
     if args.jobs > 1 and args.threads > 1:
         parser.error("--threads applies to --jobs 1 only: every job runs with one thread")
+    if args.ema_decay is not None and not 0 <= args.ema_decay < 1:
+        parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     if not 0 <= args.decoder_finish < 1:
         parser.error(f"--decoder-finish must be in [0, 1), got {args.decoder_finish}")
     selected = select_arms(args.only, args.arms, args.estimator)
@@ -518,13 +534,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      batch_size=args.batch_size, channels=args.channels, lr=args.lr,
                      replace_every=args.replace_every, test_images=args.test_images,
                      decoder_finish=args.decoder_finish)
-    settings = Settings(preset, args.data, args.diagnose, 1 if args.jobs > 1 else args.threads)
+    settings = Settings(preset, args.data, args.diagnose, 1 if args.jobs > 1 else args.threads,
+                        args.ema_decay)
     train_images, test_images = _images(args.data, args.test_images)
     print(f"data: {args.data or 'scikit-image photo tiles'}, train {len(train_images)}, test "
           f"{len(test_images)} images; {args.steps} steps of {args.batch_size}, "
           f"{args.channels} channels, Adam {args.lr}, {args.seeds} seeds, "
           f"{args.jobs} job(s) of {settings.threads} thread(s)"
-          + (f"; decoder finish {args.decoder_finish:g}" if args.decoder_finish else ""))
+          + (f"; decoder finish {args.decoder_finish:g}" if args.decoder_finish else "")
+          + (f"; ema arms' decay {args.ema_decay:g}" if args.ema_decay is not None else ""))
     print(f"{'bits':>4}  {'library':<23} {'quantizer':<47} {'estimator':<14} "
           f"{'PSNR dB (range)':>20}  {'SSIM':>6}  {'usage':>7}  {'ms/step':>7}"
           + (f"  {'unq dB':>8}  {'train dB':>8}" if args.diagnose else ""), flush=True)

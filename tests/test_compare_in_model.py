@@ -74,6 +74,7 @@ def test_list_prints_every_arm(capsys):
     (["--arms", "no such arm"], "no arm to run"),
     (["--only", "faiss"], "invalid choice"),
     (["--estimator", "ste"], "invalid choice"),
+    (["--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
 ])
 def test_refuses_bad_options_in_one_line(options, message, capsys):
     with pytest.raises(SystemExit):
@@ -230,6 +231,25 @@ def test_first_seed_continues_the_seeds_of_an_earlier_row():
     second = compare_in_model.main(TINY + arm + ["--first-seed", "1"])[0]
     assert both["seeds"] == [0, 1] and second["seeds"] == [1]
     assert second["psnr"] == both["runs"][1]["psnr"]
+
+
+@pytest.mark.parametrize("option, decays", [([], [None, 0.8, 0.9]),
+                                            (["--ema-decay", "0.5"], [None, 0.5, 0.5])])
+def test_ema_arms_take_their_decay_or_the_options(option, decays, monkeypatch):
+    _skip_unless_installed("this")
+    built = []  # the decay of each model trained, None without moving averages
+    train = compare_in_model.image_experiment.train_vqvae
+
+    def recording_train(model, *args):
+        quantizer = model.quantizer
+        built.append(quantizer.ema_decay if quantizer.codebook_update == "ema" else None)
+        return train(model, *args)
+
+    monkeypatch.setattr(compare_in_model.image_experiment, "train_vqvae", recording_train)
+    table = compare_in_model.main(TINY + option + ["--arms", "this rvq diveq", "rvq ema",
+                                                   "pvq ema"])
+    assert [row["quantizer"] for row in table] == ["rvq", "rvq ema", "pvq ema"]
+    assert built == decays
 
 
 def test_time_bottleneck_prints_a_row_per_arm_and_trains_nothing(capsys):
