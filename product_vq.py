@@ -67,11 +67,7 @@ class PVQ(VectorQuantizer):
 
     def _decode(self, codes):
         """The chosen codewords side by side, (N, D), differentiable in ``codebooks``."""
-        rows = self.codebooks.reshape(self.num_stages * self.codebook_size, self.sub_dim)
-        flat = (codes + self._offsets(codes.device)).reshape(-1)  # (N*M,)
-        # index_select, whose backward is an index_add, trains several times faster on a
-        # CPU than an embedding lookup
-        return rows.index_select(0, flat).view(len(codes), self.data_dim)
+        return self._gather_codewords(codes).view(len(codes), self.data_dim)
 
     @torch.no_grad()
     def search_tables(self, queries: torch.Tensor) -> torch.Tensor:

@@ -398,8 +398,22 @@ class VectorQuantizer(nn.Module):
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Vectors (N, D) of codes (N, M), differentiable in ``codebooks``: by default the
         sum of the chosen codewords (AVQ, RVQ)."""
-        rows = self.codebooks.reshape(self.num_stages * self.codebook_size, -1)  # (MK, D)
-        return sum_rows(rows, codes + self._offsets(codes.device))
+        return sum_rows(*self._indexed_rows(codes))
+
+    def _gather_codewords(self, codes: torch.Tensor) -> torch.Tensor:
+        """The chosen codewords (N, M, d) for codes (N, M), differentiable in ``codebooks``.
+
+        index_select, whose backward is an index_add, trains several times faster on a CPU
+        than an embedding lookup."""
+        table, rows = self._indexed_rows(codes)
+        return table.index_select(0, rows.reshape(-1)).view(len(codes), self.num_stages,
+                                                            table.shape[1])
+
+    def _indexed_rows(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All codewords as a (M*K, d) view of ``codebooks`` (differentiable) and codes
+        (N, M) offset into its rows."""
+        table = self.codebooks.reshape(self.num_stages * self.codebook_size, -1)
+        return table, codes + self._offsets(codes.device)
 
     def _rows(self) -> torch.Tensor:
         """All codewords as a (M*K, d) view of ``codebooks``, codebook m in rows
