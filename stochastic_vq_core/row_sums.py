@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 class _SumRows(torch.autograd.Function):
     """Forward by an embedding bag; backward adds the gradient into the table's rows one
-    column of indices at a time (about twice as fast on a CPU as the bag's own backward)."""
+    column of indices at a time (faster on a CPU than the bag's own backward)."""
 
     @staticmethod
     def forward(ctx, table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
