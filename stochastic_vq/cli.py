@@ -15,8 +15,8 @@ from stochastic_vq.data import npy_columns
 from stochastic_vq.loop import train
 from stochastic_vq.methods import quantizer_class
 from stochastic_vq.runfiles import CHECKPOINT_FILE
-from stochastic_vq_core.codebook_updates import CODEBOOK_UPDATES
-from stochastic_vq_core.estimators import ESTIMATORS
+from stochastic_vq_core.codebook_updates import CODEBOOK_UPDATES, EMA_DECAY
+from stochastic_vq_core.estimators import DIVEQ_NOISE, ESTIMATORS
 from stochastic_vq_core.paper import SCRIPT_BEAM_WIDTH, SCRIPT_SHAPES
 
 DEFAULTS = TrainConfig(device="cpu")  # the paper's settings, shown in --help
@@ -85,15 +85,16 @@ def build_parser(method: str) -> argparse.ArgumentParser:
     add("--estimator", choices=list(ESTIMATORS), default=d.estimator,
         help="training-mode estimator: nsvq, the paper's noise substitution, or diveq, the "
              f"error's direction blurred by noise (default: {d.estimator})")
-    add("--diveq-noise", type=float, default=d.diveq_noise,
-        help="DiVeQ's noise relative to the quantization error's norm; 0 trains on the hard "
-             f"quantization (default: {d.diveq_noise})")
+    add("--diveq-noise", type=float, default=None,
+        help="DiVeQ's noise relative to the quantization error's norm, with --estimator "
+             f"diveq only; 0 trains on the hard quantization (default: {DIVEQ_NOISE})")
     add("--codebook-update", choices=list(CODEBOOK_UPDATES), default=d.codebook_update,
         help="how the codebooks learn: gradient, by Adam (the paper), or ema, by moving "
              "averages of what each codeword quantizes (online k-means) "
              f"(default: {d.codebook_update})")
-    add("--ema-decay", type=float, default=d.ema_decay,
-        help=f"decay of those moving averages (default: {d.ema_decay})")
+    add("--ema-decay", type=float, default=None,
+        help="decay of those moving averages, with --codebook-update ema only "
+             f"(default: {EMA_DECAY})")
     add("--reset-optimizer-state", action="store_true",
         help="zero Adam's moments of replaced codewords instead of keeping the dead entries' "
              "(no measurable difference; off by default)")

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from stochastic_vq.methods import build_quantizer
-from stochastic_vq_core.codebook_updates import DEFAULT_CODEBOOK_UPDATE, EMA_DECAY
-from stochastic_vq_core.estimators import DEFAULT_ESTIMATOR, DIVEQ_NOISE
+from stochastic_vq_core.codebook_updates import DEFAULT_CODEBOOK_UPDATE
+from stochastic_vq_core.estimators import DEFAULT_ESTIMATOR
 from stochastic_vq_core.paper import SCRIPT_BEAM_WIDTH, SCRIPT_SHAPES
 from stochastic_vq_core.quantizer import VectorQuantizer
 from stochastic_vq_core.rules import check_choice, check_int
@@ -61,10 +61,12 @@ class TrainConfig:
     None (the default of both) resolves to the paper's choice on the N(0, 1) stream and
     to "data" when training on data (``resolved``).
     estimator, diveq_noise: the quantizer's training-mode estimator, "nsvq" (the paper's)
-    or "diveq", and DiVeQ's relative noise (``stochastic_vq_core.estimators``).
+    or "diveq", and DiVeQ's relative noise (``stochastic_vq_core.estimators``; None: the
+    quantizer's default, DIVEQ_NOISE; a value only with "diveq").
     codebook_update, ema_decay: "gradient" (the paper's: Adam learns the codebooks) or
     "ema" (moving averages of what each codeword quantizes, online k-means; no gradient
-    step then), and the averages' decay (``stochastic_vq_core.codebook_updates``).
+    step then), and the averages' decay (``stochastic_vq_core.codebook_updates``; None:
+    the quantizer's default, EMA_DECAY; a value only with "ema").
     reset_optimizer_state: zero Adam's moments of the codewords a replacement overwrites
     (``replace_unused_codebooks(optimizer=...)``) instead of letting them inherit those
     of the dead entries.
@@ -94,9 +96,9 @@ class TrainConfig:
     lr_scale: str | None = None
     reset_optimizer_state: bool = False
     estimator: str = DEFAULT_ESTIMATOR
-    diveq_noise: float = DIVEQ_NOISE
+    diveq_noise: float | None = None
     codebook_update: str = DEFAULT_CODEBOOK_UPDATE
-    ema_decay: float = EMA_DECAY
+    ema_decay: float | None = None
 
     def __post_init__(self):
         stages, bits = SCRIPT_SHAPES.get(self.method, (None, None))

@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 
 from stochastic_vq.config import ConfigError, TrainConfig
+from stochastic_vq_core.codebook_updates import EMA_DECAY
+from stochastic_vq_core.estimators import DIVEQ_NOISE
 
 LOG_FILE, CHECKPOINT_FILE = "log.json", "checkpoint.pt"
 # Settings a resumed run may change: they do not alter the trained codebooks.
@@ -24,6 +26,13 @@ RESUMABLE_CHANGES = ("out", "save_every", "eval_samples", "eval_data", "resume",
 RENAMED_SETTINGS = {"dim": "data_dim"}
 IMPLIED_SETTINGS = {"lr_scale": "absolute", "estimator": "nsvq", "diveq_noise": 1.0,
                     "codebook_update": "gradient", "ema_decay": 0.8}
+# Settings whose None stands for the quantizer's default: the two are the same setting.
+DEFAULTED_SETTINGS = {"diveq_noise": DIVEQ_NOISE, "ema_decay": EMA_DECAY}
+
+
+def _resolved(setting: str, value):
+    """The value a setting stands for: its default where None means the default."""
+    return DEFAULTED_SETTINGS.get(setting) if value is None else value
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -69,7 +78,8 @@ def read_checkpoint(path: Path, config: TrainConfig, world: int) -> dict:
         raise ConfigError("resume", f"cannot read checkpoint {path}: {first_line}") from None
     current = {**asdict(config), "world_size": world}
     differing = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in current.items()
-                 if key not in RESUMABLE_CHANGES and saved.get(key) != value]
+                 if key not in RESUMABLE_CHANGES
+                 and _resolved(key, saved.get(key)) != _resolved(key, value)]
     if differing:
         raise ConfigError("resume", f"{path} was written by a run with other settings: "
                                     + ", ".join(differing))

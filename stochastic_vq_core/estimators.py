@@ -9,9 +9,13 @@ through the error norm ``||q - x||``; they differ in the direction ``u`` (per ro
   uniformly random direction (noise substitution, Vali & Bäckström 2022).
 - ``"diveq"`` (Vali, Bäckström & Solin, ICLR 2026): ``u = sg(d / ||d||)`` with
   ``d = (q - x) + noise * ||q - x|| / sqrt(D) * v``: the error's own direction, blurred by
-  noise whose expected norm is ``noise`` times the error's. With ``noise = 0`` the output
-  is the hard quantization itself; as ``noise`` grows it becomes NSVQ. ``sg`` stops the
-  gradient, so the gradient with respect to ``x`` has the error direction projected out.
+  noise whose expected norm is about ``noise`` times the error's. With ``noise = 0`` the
+  output is the hard quantization itself; as ``noise`` grows it becomes NSVQ.
+
+In both ``u`` carries no gradient (``sg`` stops it), so an incoming gradient ``g`` reaches
+``x`` as ``g - e (u . g)``, ``e = (q - x) / ||q - x||`` the error direction: the identity
+less what moving ``x`` does to the error norm. Only where ``u = e``, DiVeQ without noise,
+is that the projection of ``g`` off the error direction.
 
 ``noise`` is relative to the error norm (the authors' ``diveq`` package and
 vector-quantize-pytorch use an absolute standard deviation): the angle between ``u`` and the
@@ -25,7 +29,7 @@ import math
 
 import torch
 
-from stochastic_vq_core.rules import check_choice, check_real
+from stochastic_vq_core.rules import check_choice, check_given_only_with, check_real
 
 ESTIMATORS = ("nsvq", "diveq")
 DEFAULT_ESTIMATOR = "nsvq"
@@ -50,7 +54,8 @@ def diveq(x: torch.Tensor, q: torch.Tensor, noise: float = DIVEQ_NOISE,
     """DiVeQ output ``x + ||q - x|| * sg(d / ||d||)``, ``d = (q - x) + noise-blurred``, per row.
 
     x, q: (N, D). ``noise`` >= 0 is relative to the error norm (see the module's
-    docstring); with 0 the forward value is ``q`` up to rounding.
+    docstring); with 0 the forward value is ``q`` up to rounding and the gradient to x is
+    the incoming one with the error direction projected out.
     """
     error = q - x  # (N, D)
     error_norm = torch.linalg.vector_norm(error, dim=-1, keepdim=True)  # (N, 1)
@@ -63,8 +68,14 @@ def diveq(x: torch.Tensor, q: torch.Tensor, noise: float = DIVEQ_NOISE,
 
 
 def check_estimator(estimator: str, noise) -> tuple[str, float]:
-    """(estimator, DiVeQ noise) if both are valid: a name of ESTIMATORS and a noise >= 0."""
-    return check_choice("estimator", estimator, ESTIMATORS), check_real("diveq_noise", noise)
+    """(estimator, DiVeQ noise) if both are valid: a name of ESTIMATORS and a finite noise
+    >= 0, given only with "diveq"; a noise of None (left out) is DIVEQ_NOISE."""
+    estimator = check_choice("estimator", estimator, ESTIMATORS)
+    if noise is None:
+        return estimator, DIVEQ_NOISE
+    noise = check_real("diveq_noise", noise)
+    check_given_only_with("diveq_noise", noise, "estimator", estimator, "diveq")
+    return estimator, noise
 
 
 def estimate(estimator: str, noise: float, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

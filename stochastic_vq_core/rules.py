@@ -7,6 +7,7 @@ for the same value (the training scripts' flags) can report it in its own words.
 
 from __future__ import annotations
 
+import math
 from numbers import Integral, Real
 
 MAX_BITS_PER_STAGE = 30  # K = 2**30 entries per codebook at most
@@ -36,13 +37,16 @@ def check_bits_per_stage(argument: str, value) -> int:
     return value
 
 
-def check_real(argument: str, value, low: float = 0.0, high: float = float("inf")) -> float:
-    """``value`` as a float if it is a real number in [low, high] (NaN is refused)."""
+def check_real(argument: str, value, low: float = 0.0, high: float = math.inf, *,
+               open_high: bool = False) -> float:
+    """``value`` as a float if it is a finite real number in [low, high], or in [low, high)
+    with ``open_high`` (NaN and infinities are refused)."""
+    interval = f"[{low:g}, {high:g}{')' if open_high or high == math.inf else ']'}"
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise invalid(TypeError, argument, f"must be a number in [{low:g}, {high:g}], "
+        raise invalid(TypeError, argument, f"must be a number in {interval}, "
                                            f"got {type(value).__name__}")
-    if not low <= value <= high:
-        raise invalid(ValueError, argument, f"must be in [{low:g}, {high:g}], got {value}")
+    if not (low <= value <= high and math.isfinite(value)) or (open_high and value == high):
+        raise invalid(ValueError, argument, f"must be in {interval}, got {value}")
     return float(value)
 
 
@@ -61,3 +65,12 @@ def check_choice(argument: str, value, choices: tuple[str, ...]) -> str:
         raise invalid(ValueError, argument, f"must be one of {', '.join(choices)}, "
                                             f"got {value!r}")
     return value
+
+
+def check_given_only_with(argument: str, value, other: str, other_value: str,
+                          required: str) -> None:
+    """Refuse ``value`` of an option that only ``other == required`` uses when ``other``
+    is something else; None (the option left out) always passes."""
+    if value is not None and other_value != required:
+        raise invalid(ValueError, argument, f"is used only with {other}={required!r}, "
+                                            f"got {other}={other_value!r}")

@@ -127,6 +127,11 @@ def test_help_explains_every_flag(capsys):
     (["--stages", "3"], "must divide"),  # PVQ with D = 8
     (["--steps", "ten"], "invalid int value"),
     (["--dim", "0"], "--dim: must be an integer >= 1"),
+    (["--diveq-noise", "0.5"], "--diveq-noise: is used only with estimator='diveq', got "
+                               "estimator='nsvq'"),
+    (["--estimator", "diveq", "--diveq-noise", "inf"], "--diveq-noise: must be in [0, inf)"),
+    (["--ema-decay", "0.9"], "--ema-decay: is used only with codebook_update='ema'"),
+    (["--codebook-update", "ema", "--ema-decay", "1"], "--ema-decay: must be in [0, 1), got"),
 ])
 def test_bad_flags_give_one_line_and_exit_2(flags, message, capsys):
     status, _, stderr = run_main("pvq", TINY_FLAGS + flags, capsys)

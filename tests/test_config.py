@@ -44,7 +44,12 @@ def test_explicit_init_and_lr_scale_are_kept():
     ({"lr_scale": "relative"}, "lr_scale", "must be one of absolute, data"),
     ({"method": "pvq", "stages": 3}, "stages", "(3) must divide data_dim (8)"),
     ({"estimator": "ste"}, "estimator", "must be one of nsvq, diveq"),
-    ({"estimator": "diveq", "diveq_noise": -1.0}, "diveq_noise", "must be in [0, inf]"),
+    ({"estimator": "diveq", "diveq_noise": -1.0}, "diveq_noise", "must be in [0, inf)"),
+    ({"estimator": "diveq", "diveq_noise": float("inf")}, "diveq_noise", "[0, inf), got inf"),
+    ({"diveq_noise": 0.5}, "diveq_noise", "only with estimator='diveq', got estimator='nsvq'"),
+    ({"codebook_update": "ema", "ema_decay": 1.0}, "ema_decay", "must be in [0, 1), got 1.0"),
+    ({"ema_decay": 0.5}, "ema_decay",
+     "only with codebook_update='ema', got codebook_update='gradient'"),
     ({"device": "gpu0"}, "device", "unknown device"),
     ({"resume": True}, "resume", "run directory"),
 ])

@@ -1,7 +1,7 @@
 """stochastic_vq.runfiles: atomic writes and which checkpoints a run may resume."""
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -61,3 +61,17 @@ def test_an_unreadable_checkpoint_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="cannot read checkpoint") as info:
         read_checkpoint(path, tiny("rvq"), 1)
     assert "\n" not in str(info.value) and info.value.setting == "resume"
+
+
+def test_defaults_left_out_match_the_values_earlier_versions_wrote(tmp_path):
+    """Earlier versions wrote diveq_noise 1.0 and ema_decay 0.8 where a run now has None."""
+    config = tiny("rvq", init="uniform", lr_scale="absolute")
+    assert (config.diveq_noise, config.ema_decay) == (None, None)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"config": {**asdict(config), "diveq_noise": 1.0, "ema_decay": 0.8},
+                "world_size": 1}, path)
+    read_checkpoint(path, config, 1)
+    torch.save({"config": {**asdict(config), "estimator": "diveq", "diveq_noise": 0.5},
+                "world_size": 1}, path)
+    with pytest.raises(ConfigError, match=r"diveq_noise=0.5 \(now None\)"):
+        read_checkpoint(path, replace(config, estimator="diveq"), 1)
