@@ -48,10 +48,15 @@ class AVQ(VectorQuantizer):
         device: where the codebooks live.
         **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
             ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
-            or "diveq") and ``diveq_noise``.
+            or "diveq"), ``diveq_noise`` (with "diveq"), ``codebook_update`` ("gradient",
+            the paper's, or "ema": moving averages) and ``ema_decay`` (with "ema").
 
-    The trainable parameter ``codebooks`` has shape (M*K, D); codebook m owns rows
+    The parameter ``codebooks`` has shape (M*K, D); codebook m owns rows
     ``m*K ... (m+1)*K - 1``.
+    The optimizer learns it through the estimator's gradient (``codebook_update=
+    "gradient"``), or moving averages set it (``"ema"``; no gradient then): codebook after
+    codebook, each chosen codeword moves toward the input less the other chosen codewords
+    as they are at that moment (iterated conditional modes).
     """
 
     title = "additive VQ (AVQ)"

@@ -25,9 +25,13 @@ class PVQ(VectorQuantizer):
         device: where the codebooks live.
         **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
             ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
-            or "diveq") and ``diveq_noise``.
+            or "diveq"), ``diveq_noise`` (with "diveq"), ``codebook_update`` ("gradient",
+            the paper's, or "ema": moving averages) and ``ema_decay`` (with "ema").
 
-    The trainable parameter ``codebooks`` has shape (M, K, D/M).
+    The parameter ``codebooks`` has shape (M, K, D/M).
+    The optimizer learns it through the estimator's gradient (``codebook_update=
+    "gradient"``), or moving averages set it (``"ema"``; no gradient then): each chosen
+    codeword moves toward its sub-vector.
     """
 
     title = "product VQ (PVQ)"
@@ -59,8 +63,10 @@ class PVQ(VectorQuantizer):
     _chained = False
 
     def _codeword_targets(self, x, codes, quantized):
-        """Each codeword's target is its sub-vector, (N, D/M) per stage."""
-        return x.reshape(len(x), self.num_stages, self.sub_dim).unbind(dim=1)
+        """Each codeword's target is its sub-vector, (N, D/M) per stage (of the first
+        ``codes.shape[1]`` stages)."""
+        parts = x.reshape(len(x), self.num_stages, self.sub_dim)  # (N, M, D/M)
+        return parts[:, :codes.shape[1]].unbind(dim=1)
 
     def _init_target(self, x, residual, stage):
         return x[:, stage * self.sub_dim:(stage + 1) * self.sub_dim]

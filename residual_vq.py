@@ -25,9 +25,14 @@ class RVQ(VectorQuantizer):
         device: where the codebooks live.
         **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
             ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
-            or "diveq") and ``diveq_noise``.
+            or "diveq"), ``diveq_noise`` (with "diveq"), ``codebook_update`` ("gradient",
+            the paper's, or "ema": moving averages) and ``ema_decay`` (with "ema").
 
-    The trainable parameter ``codebooks`` has shape (M, K, D).
+    The parameter ``codebooks`` has shape (M, K, D).
+    The optimizer learns it through the estimator's gradient (``codebook_update=
+    "gradient"``), or moving averages set it (``"ema"``; no gradient then): stage after
+    stage, each chosen codeword moves toward the residual its stage quantizes, computed
+    with the earlier stages' codewords as they have just moved.
     """
 
     title = "residual VQ (RVQ)"
@@ -64,11 +69,12 @@ class RVQ(VectorQuantizer):
         return torch.stack(codes, dim=1)  # (N, M)
 
     def _codeword_targets(self, x, codes, quantized):
-        """Each codeword's target is the residual its stage quantized, x less the codewords
+        """Each codeword's target is the residual its stage quantizes, x less the codewords
         of the stages before it, (N, D) per stage: the k-means condition of the greedy
-        search."""
+        search. The earlier stages' codewords are taken as ``_ema_step`` has just moved
+        them, so a stage does not chase the residual of codewords that have moved on."""
         residual = x
         yield residual
-        for stage in range(1, self.num_stages):
+        for stage in range(1, codes.shape[1]):
             residual = residual - self._chosen(codes, stage - 1)
             yield residual

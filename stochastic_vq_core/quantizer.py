@@ -20,7 +20,6 @@ from torch import nn
 
 from stochastic_vq_core.codebook_updates import (
     DEFAULT_CODEBOOK_UPDATE,
-    EMA_DECAY,
     check_codebook_update,
     ema_update,
     restart_statistics,
@@ -28,7 +27,6 @@ from stochastic_vq_core.codebook_updates import (
 from stochastic_vq_core.distributed import DEFAULT_GROUP, Sync, check_process_group
 from stochastic_vq_core.estimators import (
     DEFAULT_ESTIMATOR,
-    DIVEQ_NOISE,
     check_estimator,
     estimate,
 )
@@ -84,19 +82,24 @@ class VectorQuantizer(nn.Module):
     Keyword options (every subclass takes them):
         check_finite: reject NaN/Inf input (one host sync per call; turn off for speed).
         replacement_noise: noise of a replaced codeword, relative to the codewords' RMS.
-        process_group: over which processes ``replace_unused_codebooks`` synchronises:
-            "default" (the default group under torch.distributed, as DDP), None (no
-            synchronisation) or a torch.distributed.ProcessGroup.
+        process_group: over which processes the quantizer synchronises: the usage and
+            the replacement of ``replace_unused_codebooks`` and, with
+            ``codebook_update="ema"``, the moving averages' batch statistics, all-reduced
+            at every training-mode forward. "default" (the default group under
+            torch.distributed, as DDP), None (no synchronisation) or a
+            torch.distributed.ProcessGroup.
         estimator: the training-mode output: "nsvq" (the paper's noise substitution, the
             default) or "diveq" (see ``stochastic_vq_core.estimators``).
-        diveq_noise: DiVeQ's noise relative to the quantization error's norm (>= 0; 0
-            makes the training output the hard quantization); used by "diveq" only.
+        diveq_noise: DiVeQ's noise relative to the quantization error's norm (finite,
+            >= 0; 0 makes the training output the hard quantization; default 1.0); given
+            only with ``estimator="diveq"``.
         codebook_update: how the codebooks learn: "gradient" (the paper's: by the
             optimizer, through the estimator) or "ema" (each training-mode forward moves
-            every codeword to the moving average of what it quantizes, as k-means would;
-            the codebooks then take no gradient; see
-            ``stochastic_vq_core.codebook_updates``).
-        ema_decay: the decay of those moving averages, in [0, 1); used by "ema" only.
+            every chosen codeword to the moving average of what it should reconstruct,
+            codebook after codebook, as k-means would; the codebooks then take no
+            gradient; see ``stochastic_vq_core.codebook_updates``).
+        ema_decay: the decay of those moving averages, in [0, 1) (default 0.8); given
+            only with ``codebook_update="ema"``.
 
     Attributes:
         num_stages: M, the number of codebooks.
@@ -112,8 +115,8 @@ class VectorQuantizer(nn.Module):
                  discard_threshold: float = 0.01, device=CPU, *, check_finite: bool = True,
                  replacement_noise: float = DEFAULT_REPLACEMENT_NOISE,
                  process_group=DEFAULT_GROUP, estimator: str = DEFAULT_ESTIMATOR,
-                 diveq_noise: float = DIVEQ_NOISE,
-                 codebook_update: str = DEFAULT_CODEBOOK_UPDATE, ema_decay: float = EMA_DECAY):
+                 diveq_noise: float | None = None,
+                 codebook_update: str = DEFAULT_CODEBOOK_UPDATE, ema_decay: float | None = None):
         super().__init__()
         self.num_stages = check_int("num_stages", num_stages)
         self.vq_bitrate_per_stage = check_bits_per_stage("vq_bitrate_per_stage",
@@ -426,24 +429,40 @@ class VectorQuantizer(nn.Module):
                             device=device)
 
     def _ema_step(self, x: torch.Tensor, codes: torch.Tensor, quantized: torch.Tensor) -> None:
-        """Move the codewords chosen for x (N, D) by codes (N, M), which decode to quantized
-        (N, D), toward their targets."""
-        rows = codes + self._offsets(x.device)  # (N, M) rows of _rows()
-        sums = torch.zeros_like(self.ema_sum)  # (MK, d) the batch's sum of targets per row
-        targets = self._codeword_targets(x.detach(), codes, quantized.detach())
-        for stage, stage_targets in enumerate(targets):
-            sums.index_add_(0, rows[:, stage], stage_targets.to(sums.dtype))
+        """Move the codewords chosen for x (N, D) by codes (N, n), which decode to quantized
+        (N, D), toward their targets: the first n <= M codebooks, one after another.
+
+        Codebook s's targets are drawn after codebooks 0 ... s-1 moved, so they see the
+        earlier codebooks' new codewords (``_codeword_targets``); a codebook past n keeps
+        its codewords and statistics.
+        """
         sync = Sync(self.process_group)
-        ema_update(self._rows(), self.ema_count, self.ema_sum, rows, sums, self.ema_decay,
-                   sync.sum)
+        entries = self.codebook_size
+        targets = self._codeword_targets(x.detach(), codes, quantized.detach())
+        for stage, stage_targets in enumerate(targets):  # (N, d), after stage - 1 moved
+            rows = slice(stage * entries, (stage + 1) * entries)
+            chosen = codes[:, stage]  # (N,)
+            sums = torch.zeros_like(self.ema_sum[rows]).index_add_(
+                0, chosen, stage_targets.to(self.ema_sum.dtype))  # (K, d)
+            ema_update(self._stage_table(stage), self.ema_count[rows], self.ema_sum[rows],
+                       chosen, sums, self.ema_decay, sync.sum)
 
     def _codeword_targets(self, x: torch.Tensor, codes: torch.Tensor,
                           quantized: torch.Tensor) -> Iterator[torch.Tensor]:
-        """What the codewords chosen by codes (N, M) for x (N, D) should reconstruct, stage
-        by stage (N, d); quantized (N, D) is their decoding. By default (AVQ, whose
-        codewords are chosen jointly) x less the other chosen codewords."""
-        for stage in range(self.num_stages):
-            yield x - (quantized - self._chosen(codes, stage))
+        """What the codewords chosen by codes (N, n) for x (N, D) should reconstruct, codebook
+        by codebook (N, d); quantized (N, D) is their decoding before any moved.
+
+        ``_ema_step`` moves codebook s before it draws the next target, so a target may
+        use the codewords of the codebooks before it as they are then. By default (AVQ,
+        whose codewords are chosen jointly) x less the other chosen codewords: the earlier
+        codebooks' moved ones and the later ones' not yet moved, as each step of
+        iterated conditional modes (alternating least squares) would.
+        """
+        residual = x - quantized  # (N, D) what the chosen codewords leave
+        for stage in range(codes.shape[1]):
+            target = residual + self._chosen(codes, stage)
+            yield target
+            residual = target - self._chosen(codes, stage)  # with codebook stage moved
 
     def _chosen(self, codes: torch.Tensor, stage: int) -> torch.Tensor:
         """The codewords (N, d) that codes (N, M) choose in codebook ``stage`` (no gradient)."""

@@ -1,7 +1,8 @@
 """stochastic_vq.loop.train under torch.distributed: 2 CPU processes (gloo on loopback) with DDP.
 
 Each rank draws its own data; after 300 steps with replacement every 100 steps the
-codebooks of both ranks must be bitwise identical, for AVQ, PVQ and RVQ; a 2-process
+codebooks of both ranks must be bitwise identical, for AVQ, PVQ and RVQ (with codebooks
+learnt by gradient and by moving averages, whose statistics too); a 2-process
 run stopped and resumed must end exactly like an uninterrupted one.
 """
 
@@ -18,6 +19,9 @@ from stochastic_vq.loop import TrainConfig, train
 from stochastic_vq_core.paper import METHODS
 
 WORLD = 2
+# moving-average codebooks: every training step all-reduces the batch statistics
+EMA_RUNS = [(f"{method}-ema", {"method": method, "codebook_update": "ema"})
+            for method in ("avq", "rvq", "pvq")]
 pytestmark = pytest.mark.slow  # spawns processes
 
 
@@ -41,13 +45,15 @@ def _worker(rank: int, folder: str) -> None:
                                "usage": result["quantizer"].codebook_usage,
                                "replaced": sum(sum(r["replaced"]) for r in result["replacements"]),
                                "eval_mse": result["eval_mse"]}
-        for name, options in [("rvq-diveq", {"estimator": "diveq"}),
-                              ("pvq-ema", {"method": "pvq", "codebook_update": "ema"})]:
+        for name, options in [("rvq-diveq", {"estimator": "diveq"}), *EMA_RUNS]:
             result = train(replace(_config("rvq"), **options), progress=False)
-            results[name] = {"codebooks": result["quantizer"].codebooks.detach(),
-                             "usage": result["quantizer"].codebook_usage,
+            quantizer = result["quantizer"]
+            results[name] = {"codebooks": quantizer.codebooks.detach(),
+                             "usage": quantizer.codebook_usage,
                              "replaced": sum(sum(r["replaced"]) for r in result["replacements"]),
-                             "eval_mse": result["eval_mse"]}
+                             "eval_mse": result["eval_mse"],
+                             "averages": [getattr(quantizer, buffer, torch.zeros(0))
+                                          for buffer in ("ema_count", "ema_sum")]}
         config = replace(_config("rvq"), out=str(Path(folder) / "run"), save_every=70)
         train(config, progress=False, stop_after=250)  # last checkpoint at step 210
         resumed = train(replace(config, resume=True), progress=False)
@@ -66,7 +72,7 @@ def ranks(tmp_path_factory):
     return folder, results
 
 
-@pytest.mark.parametrize("method", [*sorted(METHODS), "rvq-diveq", "pvq-ema"])
+@pytest.mark.parametrize("method", [*sorted(METHODS), "rvq-diveq", *dict(EMA_RUNS)])
 def test_codebooks_stay_identical_on_all_ranks(ranks, method):
     _, (first, second) = ranks
     assert torch.equal(first[method]["codebooks"], second[method]["codebooks"])
@@ -74,6 +80,13 @@ def test_codebooks_stay_identical_on_all_ranks(ranks, method):
     # each rank counted the usage of its own data
     assert not torch.equal(first[method]["usage"], second[method]["usage"])
     assert first[method]["eval_mse"] == second[method]["eval_mse"] > 0
+
+
+@pytest.mark.parametrize("method", dict(EMA_RUNS))
+def test_moving_averages_stay_identical_on_all_ranks(ranks, method):
+    _, (first, second) = ranks
+    for mine, other in zip(first[method]["averages"], second[method]["averages"]):
+        assert mine.numel() > 0 and torch.equal(mine, other)
 
 
 def test_resume_under_ddp_is_exact_and_only_rank_0_writes(ranks):

@@ -6,7 +6,7 @@ import torch
 import torch._dynamo
 
 from helpers import CLASSES, D, M, make, nsvq_step
-from stochastic_vq_core.estimators import diveq, noise_substitution
+from stochastic_vq_core.estimators import DIVEQ_NOISE, diveq, noise_substitution
 
 
 def hard(vq, x):
@@ -21,6 +21,23 @@ def test_diveq_forward_is_the_hard_quantization_as_the_noise_vanishes(kind, nois
     assert torch.allclose(out, hard(vq, x), atol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+@pytest.mark.parametrize("noise", [0.1, 1.0, 7.0])
+def test_diveq_noise_is_relative_to_the_error_norm(noise, scale):
+    """The output is x + ||e|| * d / ||d|| with d = e + noise * ||e|| / sqrt(D) * v, v the
+    N(0, I) draw that follows the seed: the same direction whatever the error's scale."""
+    x = torch.randn(64, D, dtype=torch.float64)
+    error = torch.randn(64, D, dtype=torch.float64) * torch.rand(64, 1) * scale  # many norms
+    torch.manual_seed(5)
+    out = diveq(x, x + error, noise)
+    torch.manual_seed(5)
+    v = torch.randn_like(x)
+    norm = error.norm(dim=1, keepdim=True)
+    d = error + noise * norm / D**0.5 * v
+    expected = norm * d / d.norm(dim=1, keepdim=True)
+    assert torch.allclose(out - x, expected, rtol=1e-6, atol=1e-9 * scale)
+
+
 def test_diveq_output_keeps_the_error_norm_and_tends_to_nsvq():
     x, q = torch.randn(512, D), torch.randn(512, D)
     error = (q - x).norm(dim=1)
@@ -31,6 +48,7 @@ def test_diveq_output_keeps_the_error_norm_and_tends_to_nsvq():
         cosines.append(torch.cosine_similarity(out - x, q - x, dim=1).mean())
     assert cosines[0] > 0.99 > cosines[1] > 0.5 > abs(cosines[2])  # random direction at last
     nsvq = noise_substitution(x, q)
+    assert torch.allclose((nsvq - x).norm(dim=1), error, rtol=1e-5)
     assert abs(torch.cosine_similarity(nsvq - x, q - x, dim=1).mean()) < 0.1
 
 
@@ -67,14 +85,33 @@ def test_diveq_codebook_gradient_matches_finite_differences(kind, noise):
     assert numeric.abs().sum() > 0
 
 
-def test_diveq_projects_the_error_direction_out_of_the_input_gradient():
-    x = torch.randn(8, D, requires_grad=True)
-    q = torch.randn(8, D)
-    weights = torch.randn(8, D)
-    (diveq(x, q, 0.0) * weights).sum().backward()
-    unit = (q - x.detach()) / (q - x.detach()).norm(dim=1, keepdim=True)
-    expected = weights - unit * (weights * unit).sum(dim=1, keepdim=True)
-    assert torch.allclose(x.grad, expected, atol=1e-5)
+@pytest.mark.parametrize("estimator, noise", [("diveq", 0.0), ("diveq", 0.3), ("diveq", 1.0),
+                                              ("nsvq", None)])
+def test_the_input_gradient_is_g_less_the_error_direction_times_u_dot_g(estimator, noise):
+    """out = x + ||q - x|| u with u held fixed, so d out / d x = I - u e^T for the error
+    direction e = (q - x) / ||q - x||, and the gradient to x is g - e (u . g): the
+    projection of g off e only where u = e (DiVeQ without noise)."""
+    x = torch.randn(8, D, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(8, D, dtype=torch.float64)
+    g = torch.randn(8, D, dtype=torch.float64)
+    out = diveq(x, q, noise) if estimator == "diveq" else noise_substitution(x, q)
+    (out * g).sum().backward()
+    with torch.no_grad():
+        e = (q - x) / (q - x).norm(dim=1, keepdim=True)
+        u = (out - x) / (q - x).norm(dim=1, keepdim=True)
+        # finite differences of x + ||q - x|| u with u held fixed
+        numeric = torch.zeros_like(x)
+        for i in range(D):
+            step = torch.zeros_like(x)
+            step[:, i] = 1e-6
+            up = ((x + step + (q - x - step).norm(dim=1, keepdim=True) * u) * g).sum(1)
+            down = ((x - step + (q - x + step).norm(dim=1, keepdim=True) * u) * g).sum(1)
+            numeric[:, i] = (up - down) / 2e-6
+    expected = g - e * (u * g).sum(dim=1, keepdim=True)
+    assert torch.allclose(x.grad, expected, atol=1e-10)
+    assert torch.allclose(numeric, expected, atol=1e-6)
+    projected = g - e * (e * g).sum(dim=1, keepdim=True)
+    assert torch.allclose(x.grad, projected, atol=1e-10) == (noise == 0.0)
 
 
 @pytest.mark.parametrize("estimator", ["nsvq", "diveq"])
@@ -150,124 +187,25 @@ def test_an_original_checkpoint_still_loads(kind):
     assert torch.equal(fresh.codebooks, vq.codebooks)
 
 
-# --- codebook updates by moving averages ------------------------------------------------
-
-
-def test_ema_codewords_are_the_running_means_of_their_targets(kind):
-    """With decay 0 every chosen codeword becomes the mean of its targets in the batch."""
-    vq = make(kind, codebook_update="ema", ema_decay=0.0)
-    assert not vq.codebooks.requires_grad
-    x = torch.randn(256, D)
-    codes = vq.encode(x)
-    before = vq.codebooks.detach().clone()
-    targets = stacked_targets(vq, x, codes)  # (N, M, d)
-    vq(x, train_mode=True)
-    after = vq.codebooks.detach()
-    for stage in range(M):
-        for index in codes[:, stage].unique():
-            chosen = codes[:, stage] == index
-            expected = targets[chosen, stage].mean(dim=0)
-            assert torch.allclose(stage_rows(after, vq, stage)[index], expected, atol=1e-5)
-        unused = torch.ones(vq.codebook_size, dtype=torch.bool)
-        unused[codes[:, stage]] = False
-        assert torch.equal(stage_rows(after, vq, stage)[unused],
-                           stage_rows(before, vq, stage)[unused])
-
-
-def stacked_targets(vq, x, codes):
-    """The targets the quantizer yields stage by stage for codes (N, M), (N, M, d)."""
-    return torch.stack(list(vq._codeword_targets(x, codes, vq.decode(codes))), dim=1)
-
-
-def chosen_codewords(vq, codes):
-    """(N, M, d) the codewords codes (N, M) choose, codebook by codebook."""
-    table = vq.codebooks.detach().reshape(M, vq.codebook_size, -1)
-    return torch.stack([table[stage][codes[:, stage]] for stage in range(M)], dim=1)
-
-
-def stage_rows(table, vq, stage):
-    return table.reshape(M, vq.codebook_size, -1)[stage]
-
-
-def test_ema_targets_are_what_each_codeword_must_reconstruct():
-    x = torch.randn(16, D)
-    avq = make("AVQ", codebook_update="ema")
-    codes = avq.encode(x)
-    parts = chosen_codewords(avq, codes)  # (N, M, D)
-    targets = stacked_targets(avq, x, codes)  # x less the other chosen codewords
-    assert torch.allclose(targets + parts.sum(1, keepdim=True) - parts, x.unsqueeze(1).expand(
-        -1, M, -1), atol=1e-6)
-    rvq = make("RVQ", codebook_update="ema")
-    codes = rvq.encode(x)
-    parts = chosen_codewords(rvq, codes)
-    targets = stacked_targets(rvq, x, codes)  # the residual each stage quantized
-    residual = x.clone()
-    for stage in range(M):
-        assert torch.allclose(targets[:, stage], residual, atol=1e-6)
-        residual = residual - parts[:, stage]
-    pvq = make("PVQ", codebook_update="ema")
-    assert torch.equal(stacked_targets(pvq, x, pvq.encode(x)), x.view(16, M, D // M))
-
-
-@pytest.mark.parametrize("estimator", ["nsvq", "diveq"])
-def test_ema_lowers_the_error_and_leaves_the_gradient_to_the_input(kind, estimator):
-    torch.manual_seed(0)
-    vq = make(kind, random_codebooks=False, codebook_update="ema", estimator=estimator)
-    x = torch.randn(512, D, requires_grad=True)
-    before = float((hard(vq, x.detach()) - x.detach()).pow(2).mean())
-    for _ in range(20):
-        out, _ = vq(x, train_mode=True)
-    out.pow(2).sum().backward()
-    assert x.grad is not None and vq.codebooks.grad is None
-    assert float((hard(vq, x.detach()) - x.detach()).pow(2).mean()) < 0.8 * before
-
-
-def test_ema_statistics_follow_replacement_and_checkpoints(kind):
-    vq = make(kind, codebook_update="ema")
-    x = torch.randn(64, D)
-    vq(x, train_mode=True)
-    vq.replace_unused_codebooks(1, verbose=False, generator=torch.Generator().manual_seed(0))
-    rows = vq.codebooks.detach().reshape(len(vq.ema_count), -1)
-    assert torch.allclose(vq.ema_sum / vq.ema_count.unsqueeze(1), rows, atol=1e-6)
-    state = vq.state_dict()
-    assert state["_extra_state"]["codebook_update"] == "ema"
-    other = make(kind, random_codebooks=False, codebook_update="ema")
-    other.load_state_dict(state)
-    assert torch.equal(other.ema_sum, vq.ema_sum) and torch.equal(other.ema_count, vq.ema_count)
-    gradient = make(kind, random_codebooks=False)  # takes the codewords, not the averages
-    gradient.load_state_dict(state)
-    assert torch.equal(gradient.codebooks, vq.codebooks) and "ema_sum" not in gradient.state_dict()
-    gradient_trained = make(kind)  # no moving averages in its state: they start afresh
-    other.load_state_dict(gradient_trained.state_dict())
-    rows = other.codebooks.detach().reshape(len(other.ema_count), -1)
-    assert torch.equal(other.ema_count, torch.ones_like(other.ema_count))
-    assert torch.allclose(other.ema_sum, rows)
-
-
-def test_ema_training_is_seeded_and_one_graph():
-    def trained():
-        torch.manual_seed(3)
-        vq = CLASSES["RVQ"](M, 3, D, codebook_update="ema", estimator="diveq")
-        data = torch.Generator().manual_seed(0)
-        for _ in range(10):
-            vq(torch.randn(32, D, generator=data), train_mode=True)
-        return vq.codebooks.detach()
-
-    assert torch.equal(trained(), trained())
-    torch._dynamo.reset()
-    try:
-        vq = CLASSES["PVQ"](M, 3, D, check_finite=False, codebook_update="ema")
-        explanation = torch._dynamo.explain(vq)(torch.randn(32, D), True)
-        assert explanation.graph_break_count == 0
-    finally:
-        torch._dynamo.reset()
-
-
-@pytest.mark.parametrize("options, match", [
-    ({"codebook_update": "kmeans"}, "codebook_update must be one of gradient, ema"),
-    ({"ema_decay": 1.0}, "ema_decay"),
-    ({"ema_decay": -0.1}, "ema_decay"),
+@pytest.mark.parametrize("options, error, argument, match", [
+    ({"estimator": "ste"}, ValueError, "estimator",
+     r"^estimator must be one of nsvq, diveq, got 'ste'$"),
+    ({"estimator": "diveq", "diveq_noise": float("inf")}, ValueError, "diveq_noise",
+     r"^diveq_noise must be in \[0, inf\), got inf$"),
+    ({"estimator": "diveq", "diveq_noise": -0.5}, ValueError, "diveq_noise",
+     r"^diveq_noise must be in \[0, inf\), got -0.5$"),
+    ({"estimator": "diveq", "diveq_noise": "1"}, TypeError, "diveq_noise",
+     r"^diveq_noise must be a number in \[0, inf\), got str$"),
+    ({"diveq_noise": 1.0}, ValueError, "diveq_noise",
+     r"^diveq_noise is used only with estimator='diveq', got estimator='nsvq'$"),
 ])
-def test_bad_codebook_update_options_are_named(options, match):
-    with pytest.raises(ValueError, match=match):
-        CLASSES["RVQ"](M, 3, D, **options)
+def test_bad_estimator_options_are_named(options, error, argument, match):
+    with pytest.raises(error, match=match) as info:
+        CLASSES["PVQ"](M, 3, D, **options)
+    assert info.value.argument == argument
+
+
+def test_a_noise_left_out_is_the_default():
+    assert CLASSES["PVQ"](M, 3, D, estimator="diveq").diveq_noise == DIVEQ_NOISE == 1.0
+    assert CLASSES["PVQ"](M, 3, D, estimator="diveq", diveq_noise=0).diveq_noise == 0.0
+    assert CLASSES["PVQ"](M, 3, D).estimator == "nsvq"
