@@ -40,12 +40,12 @@ EPS = 1e-12  # keeps the division by a norm finite
 def noise_substitution(x: torch.Tensor, q: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """NSVQ output ``x + ||x - q|| * v / ||v||`` with ``v ~ N(0, I)``, per row.
 
-    x, q: (N, D). The output is at exactly the distance ``||x - q||`` from ``x`` in a
+    x, q: (..., D). The output is at exactly the distance ``||x - q||`` from ``x`` in a
     random direction, so gradients reach the codebooks through the error norm.
     """
-    error_norm = torch.linalg.vector_norm(x - q, dim=-1, keepdim=True)  # (N, 1)
+    error_norm = torch.linalg.vector_norm(x - q, dim=-1, keepdim=True)  # (..., 1)
     noise = torch.randn_like(x)
-    scale = error_norm / (torch.linalg.vector_norm(noise, dim=-1, keepdim=True) + eps)  # (N, 1)
+    scale = error_norm / (torch.linalg.vector_norm(noise, dim=-1, keepdim=True) + eps)  # (..., 1)
     return torch.addcmul(x, scale, noise)
 
 
@@ -53,15 +53,15 @@ def diveq(x: torch.Tensor, q: torch.Tensor, noise: float = DIVEQ_NOISE,
           eps: float = EPS) -> torch.Tensor:
     """DiVeQ output ``x + ||q - x|| * sg(d / ||d||)``, ``d = (q - x) + noise-blurred``, per row.
 
-    x, q: (N, D). ``noise`` >= 0 is relative to the error norm (see the module's
+    x, q: (..., D). ``noise`` >= 0 is relative to the error norm (see the module's
     docstring); with 0 the forward value is ``q`` up to rounding and the gradient to x is
     the incoming one with the error direction projected out.
     """
-    error = q - x  # (N, D)
-    error_norm = torch.linalg.vector_norm(error, dim=-1, keepdim=True)  # (N, 1)
+    error = q - x  # (..., D)
+    error_norm = torch.linalg.vector_norm(error, dim=-1, keepdim=True)  # (..., 1)
     direction = error.detach()
     if noise:
-        scale = error_norm.detach() * (noise / math.sqrt(x.shape[-1]))  # (N, 1)
+        scale = error_norm.detach() * (noise / math.sqrt(x.shape[-1]))  # (..., 1)
         direction = torch.addcmul(direction, scale, torch.randn_like(x))
     direction = direction / (torch.linalg.vector_norm(direction, dim=-1, keepdim=True) + eps)
     return torch.addcmul(x, error_norm, direction)
@@ -79,7 +79,7 @@ def check_estimator(estimator: str, noise) -> tuple[str, float]:
 
 
 def estimate(estimator: str, noise: float, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """The training-mode output of ``estimator`` for x (N, D) and its quantization q (N, D)."""
+    """The training-mode output of ``estimator`` for x (..., D) and its quantization q."""
     if estimator == "diveq":
         return diveq(x, q, noise)
     return noise_substitution(x, q)

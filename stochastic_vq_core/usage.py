@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 DEFAULT_REPLACEMENT_NOISE = 1e-2  # noise of a replaced codeword, relative to the codewords' RMS
@@ -12,7 +10,8 @@ DEFAULT_REPLACEMENT_NOISE = 1e-2  # noise of a replaced codeword, relative to th
 def count_usage(usage: torch.Tensor, codes: torch.Tensor) -> None:
     """Add 1 to ``usage[m, k]`` for every codeword ``k`` of codebook ``m`` used in the batch.
 
-    usage: (M, K) integer counter, updated in place. codes: (N, M) indices.
+    usage: (M, K) integer counter, updated in place. codes: (N, n) indices into the first
+    n <= M codebooks.
     """
     used = torch.zeros(usage.shape, dtype=torch.bool, device=usage.device)
     used.scatter_(1, codes.t(), True)
@@ -49,18 +48,14 @@ def _noise_like(target: torch.Tensor, reference: torch.Tensor, scale: float,
 
 
 def usage_limit(discard_threshold: float, batches: int) -> int:
-    """The smallest usage count ``u`` with ``u / batches >= discard_threshold``.
+    """The smallest usage count ``u`` with ``u / batches >= discard_threshold`` (``batches``
+    when none below it has).
 
     A codeword is unused when its count is below this limit: the original's test
-    ``u / batches < discard_threshold`` in float64, computed once on the host so that the
-    comparison on the device is between integers.
+    ``u / batches < discard_threshold`` in float64, evaluated once on the host for every
+    count so that the comparison on the device is between integers.
     """
-    limit = math.ceil(discard_threshold * batches)
-    while limit > 0 and (limit - 1) / batches >= discard_threshold:
-        limit -= 1
-    while limit / batches < discard_threshold:
-        limit += 1
-    return limit
+    return next((u for u in range(batches) if u / batches >= discard_threshold), batches)
 
 
 def replaces_at(step: int, steps: int, every: int) -> bool:

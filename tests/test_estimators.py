@@ -6,7 +6,7 @@ import torch
 import torch._dynamo
 
 from helpers import CLASSES, D, M, make, nsvq_step
-from stochastic_vq_core.estimators import DIVEQ_NOISE, diveq, noise_substitution
+from stochastic_vq_core.estimators import DIVEQ_NOISE, diveq, estimate, noise_substitution
 
 
 def hard(vq, x):
@@ -50,6 +50,41 @@ def test_diveq_output_keeps_the_error_norm_and_tends_to_nsvq():
     nsvq = noise_substitution(x, q)
     assert torch.allclose((nsvq - x).norm(dim=1), error, rtol=1e-5)
     assert abs(torch.cosine_similarity(nsvq - x, q - x, dim=1).mean()) < 0.1
+
+
+@pytest.mark.parametrize("estimator", ["nsvq", "diveq"])
+def test_the_output_works_row_by_row_on_any_leading_shape(estimator):
+    """(B, N, D) gives the rows of (B*N, D) under the same seed."""
+    x, q = torch.randn(2, 5, D), torch.randn(2, 5, D)
+    torch.manual_seed(4)
+    batched = estimate(estimator, 0.5, x, q)
+    torch.manual_seed(4)
+    flat = estimate(estimator, 0.5, x.view(10, D), q.view(10, D))
+    assert torch.equal(batched.view(10, D), flat)
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-6, 1.0])
+def test_the_output_is_never_farther_than_the_error(scale):
+    """||out - x|| = ||e|| ||d|| / (||d|| + eps) <= ||e||, down to tiny errors."""
+    x = torch.zeros(256, D, dtype=torch.float64)
+    q = torch.randn(256, D, dtype=torch.float64) * scale
+    error = q.norm(dim=1)
+    for out in (noise_substitution(x, q), diveq(x, q, 0.0), diveq(x, q, 1.0)):
+        distance = out.norm(dim=1)
+        assert (distance <= error).all() and torch.allclose(distance, error, rtol=1e-5)
+
+
+def test_estimate_gives_each_estimator_its_noise():
+    x, q = torch.randn(16, D), torch.randn(16, D)
+    outputs = {}
+    for name, noise in [("diveq", 0.5), ("diveq", 0.0), ("nsvq", 0.5)]:
+        torch.manual_seed(6)
+        outputs[name, noise] = estimate(name, noise, x, q)
+    torch.manual_seed(6)
+    assert torch.equal(outputs["diveq", 0.5], diveq(x, q, 0.5))
+    torch.manual_seed(6)
+    assert torch.equal(outputs["nsvq", 0.5], noise_substitution(x, q))
+    assert not torch.allclose(outputs["diveq", 0.5], outputs["diveq", 0.0])
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.5])

@@ -11,12 +11,6 @@ from stochastic_vq.config import ConfigError
 from stochastic_vq.loop import train
 from stochastic_vq.methods import build_quantizer, quantizer_class
 from stochastic_vq_core.paper import METHODS
-from stochastic_vq_core.usage import replaces_at
-
-
-def test_replacement_schedule_is_the_originals():
-    steps = [s for s in range(1, 20001) if replaces_at(s, 20000, 1000)]
-    assert steps == list(range(1000, 18001, 1000))
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -2,14 +2,10 @@
 
 The nearest-codeword searches run in full precision even inside ``torch.autocast``, so
 the codes are exactly those of float32; training works with a low-precision input and a
-GradScaler; training and codebook replacement never create float64 tensors. Also the
-usage limit of ``replace_unused_codebooks`` against the original float64 rule.
+GradScaler; training and codebook replacement never create float64 tensors.
 """
 
-import math
-import random
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -19,7 +15,6 @@ from torch.utils._pytree import tree_flatten
 from additive_vq import AVQ
 from product_vq import PVQ
 from residual_vq import RVQ
-from stochastic_vq_core.usage import usage_limit
 
 D = 64
 
@@ -206,36 +201,3 @@ def test_training_and_replacement_create_no_float64(kind):
     assert encoded.dtype == torch.int64 and decoded.dtype == torch.float32
     assert torch.float32 in recorder.dtypes  # the recorder saw the work
     assert torch.float64 not in recorder.dtypes, sorted(recorder.dtypes.get(torch.float64, ()))
-
-
-# --- the usage limit ----------------------------------------------------------------------
-
-
-BATCH_COUNTS = [1, 7, 100, 1000, 12345]
-
-
-def thresholds_for(batches, rng):
-    """Fixed, random and exactly-on-a-ratio thresholds (and their float neighbours)."""
-    fixed = [0.0, 0.01, 0.1, 1 / 3, 0.5, 0.999, 1.0]
-    drawn = [rng.random() for _ in range(20)]
-    on_ratio = [rng.randint(0, batches) / batches for _ in range(10)]
-    on_ratio += [1 / batches, (batches - 1) / batches]
-    neighbours = [math.nextafter(t, direction) for t in on_ratio + fixed
-                  for direction in (0.0, 1.0)]
-    return [t for t in fixed + drawn + on_ratio + neighbours if 0.0 <= t <= 1.0]
-
-
-@pytest.mark.parametrize("batches", BATCH_COUNTS)
-def test_usage_limit_equals_the_float64_rule(batches):
-    rng = random.Random(batches)
-    counts = np.arange(batches + 1, dtype=np.int64)  # every possible count 0..batches
-    ratios = counts / batches  # float64, correctly rounded like Python's u / batches
-    for threshold in thresholds_for(batches, rng):
-        limit = usage_limit(threshold, batches)
-        assert isinstance(limit, int)
-        unused_by_rule = ratios < threshold
-        assert np.array_equal(counts < limit, unused_by_rule), (threshold, batches, limit)
-        # spot-check the Python expression itself at and around the limit
-        for u in {0, limit - 1, limit, limit + 1, batches}:
-            if 0 <= u <= batches:
-                assert (u < limit) == (u / batches < threshold)

@@ -5,10 +5,15 @@ below the threshold with copies of used ones, resets the counters, optionally ze
 their optimizer state, and is reproducible with a generator.
 """
 
+import math
+import random
+
+import numpy as np
 import pytest
 import torch
 
 from helpers import D, K, M, make, set_usage, stage_rows, used_mask
+from stochastic_vq_core.usage import count_usage, replace_rows, replaces_at, usage_limit
 
 # --- usage -----------------------------------------------------------------------------
 
@@ -26,6 +31,29 @@ def test_usage_counts_batches_in_train_mode_only(kind):
     assert torch.equal(vq.codebook_usage, 2 * used.long())
     vq(x, train_mode=False)
     assert torch.equal(vq.codebook_usage, 2 * used.long())
+
+
+@pytest.mark.parametrize("stages", [M, 2])
+def test_count_usage_marks_each_used_codeword_once_per_batch(stages):
+    """codes (N, n) of the first n <= M codebooks count those codebooks only."""
+    usage = torch.zeros(M, K, dtype=torch.long)
+    codes = torch.tensor([[1, 2, 3], [1, 0, 3], [5, 0, 3]])[:, :stages]
+    count_usage(usage, codes)
+    count_usage(usage, codes[:1])
+    expected = torch.zeros(M, K, dtype=torch.long)
+    expected[0, [1, 5]] = 1
+    expected[0, 1] += 1
+    expected[1, [0, 2]] = 1
+    expected[1, 2] += 1
+    if stages == M:
+        expected[2, 3] = 2
+    assert torch.equal(usage, expected)
+
+
+def test_count_usage_stays_on_the_counters_device():
+    usage = torch.zeros(M, K, dtype=torch.long, device="meta")
+    count_usage(usage, torch.zeros(4, M, dtype=torch.long, device="meta"))
+    assert usage.device.type == "meta"
 
 
 def test_usage_snapshot_is_a_copy(kind):
@@ -179,3 +207,124 @@ def test_replace_rejects_non_int_num_batches(kind):
         make(kind).replace_unused_codebooks(2.5)
 
 
+
+
+# --- replace_rows itself -----------------------------------------------------------------
+
+
+def test_replaced_rows_are_used_rows_plus_noise_of_the_used_rows_rms():
+    """Each unused row becomes a used row plus N(0, (scale * RMS of the used rows)²) noise;
+    a used row serves at most ceil(unused / used) times."""
+    torch.manual_seed(0)
+    table = torch.randn(3000, 16, dtype=torch.float64) * 50.0 + 7.0  # RMS about 50.5
+    unused = torch.zeros(3000, dtype=torch.bool)
+    unused[torch.randperm(3000)[:2000]] = True  # 1000 used rows serve 2000 unused ones
+    used_rows = table[~unused].clone()
+    rms = float(used_rows.pow(2).mean().sqrt())
+    replace_rows(table, unused, 1e-3, torch.Generator().manual_seed(1))
+    assert torch.equal(table[~unused], used_rows)
+    source = torch.cdist(table[unused], used_rows).argmin(dim=1)  # (U,) nearest used row
+    noise = table[unused] - used_rows[source]  # (U, d)
+    assert abs(float(noise.std()) / (1e-3 * rms) - 1) < 0.02 and abs(float(noise.mean())) < 1e-3
+    assert int(torch.bincount(source).max()) <= 2
+
+
+def test_fewer_unused_rows_than_used_ones_take_distinct_sources():
+    table = torch.arange(20, dtype=torch.float32).view(10, 2) * 10
+    unused = torch.tensor([True, False] * 5)
+    before = table.clone()
+    replace_rows(table, unused, 1e-3, torch.Generator().manual_seed(0))
+    source = torch.cdist(table[unused], before[~unused]).argmin(dim=1)
+    assert len(source.unique()) == 5
+
+
+def test_a_table_with_no_used_row_is_perturbed_by_its_own_rms():
+    table = torch.full((400, 8), -3.0)
+    replace_rows(table, torch.ones(400, dtype=torch.bool), 0.1,
+                 torch.Generator().manual_seed(0))
+    assert abs(float((table + 3.0).std()) / 0.3 - 1) < 0.05
+
+
+def test_copies_of_zero_rows_are_still_separated():
+    table = torch.zeros(6, 4)
+    unused = torch.tensor([True, False] * 3)
+    replace_rows(table, unused, 1e-2, torch.Generator().manual_seed(0))
+    assert (table[unused] != 0).any(dim=1).all() and (table[~unused] == 0).all()
+
+
+@pytest.mark.parametrize("used", [3, 0])
+def test_replace_rows_follows_its_generator_alone(used):
+    """The same generator gives the same rows whatever the global random state."""
+    def replaced(global_seed):
+        torch.manual_seed(global_seed)
+        table = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
+        unused = torch.arange(8) >= used
+        replace_rows(table, unused, 1e-2, torch.Generator().manual_seed(9))
+        return table
+
+    assert torch.equal(replaced(0), replaced(1))
+
+
+def test_replace_rows_draws_on_the_cpu_whatever_the_default_device():
+    """The generator is a CPU one: the draws are made on the CPU even where another
+    default device is set (they move to the table's device afterwards)."""
+    table = torch.randn(8, 4)
+    some, every = torch.arange(8) >= 3, torch.ones(8, dtype=torch.bool)
+    with torch.device("meta"):
+        replace_rows(table, some, 1e-2, torch.Generator().manual_seed(0))
+        replace_rows(table, every, 1e-2, torch.Generator().manual_seed(0))
+    assert table.device.type == "cpu" and torch.isfinite(table).all()
+
+
+# --- the replacement schedule ----------------------------------------------------------
+
+
+def test_replacement_schedule_is_the_originals():
+    steps = [s for s in range(1, 20001) if replaces_at(s, 20000, 1000)]
+    assert steps == list(range(1000, 18001, 1000))
+
+
+@pytest.mark.parametrize("steps, every, expected", [
+    (10, 3, [3]),  # the original's test i <= steps - 2 * every on its 0-based counter i
+    (11, 3, [3, 6]),
+    (6, 3, []),
+    (12, 1, list(range(1, 12))),
+    (9, 4, []),
+    (10, 4, []),
+    (11, 4, [4]),
+])
+def test_replacement_never_comes_in_the_last_two_periods(steps, every, expected):
+    assert [s for s in range(1, steps + 1) if replaces_at(s, steps, every)] == expected
+
+
+# --- the usage limit ----------------------------------------------------------------------
+
+
+BATCH_COUNTS = [1, 7, 100, 1000, 12345]
+
+
+def thresholds_for(batches, rng):
+    """Fixed, random and exactly-on-a-ratio thresholds (and their float neighbours)."""
+    fixed = [0.0, 0.01, 0.1, 1 / 3, 0.5, 0.999, 1.0]
+    drawn = [rng.random() for _ in range(20)]
+    on_ratio = [rng.randint(0, batches) / batches for _ in range(10)]
+    on_ratio += [1 / batches, (batches - 1) / batches]
+    neighbours = [math.nextafter(t, direction) for t in on_ratio + fixed
+                  for direction in (0.0, 1.0)]
+    return [t for t in fixed + drawn + on_ratio + neighbours if 0.0 <= t <= 1.0]
+
+
+@pytest.mark.parametrize("batches", BATCH_COUNTS)
+def test_usage_limit_equals_the_float64_rule(batches):
+    rng = random.Random(batches)
+    counts = np.arange(batches + 1, dtype=np.int64)  # every possible count 0..batches
+    ratios = counts / batches  # float64, correctly rounded like Python's u / batches
+    for threshold in thresholds_for(batches, rng):
+        limit = usage_limit(threshold, batches)
+        assert isinstance(limit, int)
+        unused_by_rule = ratios < threshold
+        assert np.array_equal(counts < limit, unused_by_rule), (threshold, batches, limit)
+        # spot-check the Python expression itself at and around the limit
+        for u in {0, limit - 1, limit, limit + 1, batches}:
+            if 0 <= u <= batches:
+                assert (u < limit) == (u / batches < threshold)
