@@ -62,6 +62,9 @@ struct Scalar {
   static V min(V v, V least) { return v < least ? v : least; }  // NaN v: least
   static uint32_t at_most(V v, T limit) { return v <= limit; }  // NaN: 0
   static T least(V v) { return v; }
+  static V blank(V v, uint32_t lanes) {  // NaN in the lanes set
+    return lanes & 1 ? std::numeric_limits<T>::quiet_NaN() : v;
+  }
   static int append(V v, uint32_t mask, uint32_t key, T* values, uint32_t* keys) {
     return append_lanes(&v, mask, key, values, keys);
   }
@@ -81,6 +84,9 @@ struct Floats {
     return _mm512_cmp_ps_mask(v, _mm512_set1_ps(limit), _CMP_LE_OQ);
   }
   static float least(V v) { return _mm512_reduce_min_ps(v); }
+  static V blank(V v, uint32_t lanes) {
+    return _mm512_mask_mov_ps(v, __mmask16(lanes), _mm512_set1_ps(__builtin_nanf("")));
+  }
   static int append(V v, uint32_t mask, uint32_t key, float* values, uint32_t* keys) {
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     _mm512_mask_compressstoreu_ps(values, __mmask16(mask), v);
@@ -102,6 +108,9 @@ struct Doubles {
     return _mm512_cmp_pd_mask(v, _mm512_set1_pd(limit), _CMP_LE_OQ);
   }
   static double least(V v) { return _mm512_reduce_min_pd(v); }
+  static V blank(V v, uint32_t lanes) {
+    return _mm512_mask_mov_pd(v, __mmask8(lanes), _mm512_set1_pd(__builtin_nan("")));
+  }
   static int append(V v, uint32_t mask, uint32_t key, double* values, uint32_t* keys) {
     double lanes[8];
     _mm512_storeu_pd(lanes, v);
@@ -127,6 +136,12 @@ struct Floats {
     m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
     return _mm_cvtss_f32(m);
   }
+  static V blank(V v, uint32_t lanes) {
+    const __m256i bits = _mm256_set_epi32(128, 64, 32, 16, 8, 4, 2, 1);
+    const __m256i hit = _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32(int(lanes)), bits), bits);
+    return _mm256_blendv_ps(v, _mm256_set1_ps(__builtin_nanf("")), _mm256_castsi256_ps(hit));
+  }
   static int append(V v, uint32_t mask, uint32_t key, float* values, uint32_t* keys) {
     float lanes[8];
     _mm256_storeu_ps(lanes, v);
@@ -148,6 +163,12 @@ struct Doubles {
   static double least(V v) {
     __m128d m = _mm_min_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_min_sd(m, _mm_unpackhi_pd(m, m)));
+  }
+  static V blank(V v, uint32_t lanes) {
+    const __m256i bits = _mm256_set_epi64x(8, 4, 2, 1);
+    const __m256i hit = _mm256_cmpeq_epi64(
+        _mm256_and_si256(_mm256_set1_epi64x(int64_t(lanes)), bits), bits);
+    return _mm256_blendv_pd(v, _mm256_set1_pd(__builtin_nan("")), _mm256_castsi256_pd(hit));
   }
   static int append(V v, uint32_t mask, uint32_t key, double* values, uint32_t* keys) {
     double lanes[4];
@@ -313,12 +334,14 @@ struct Run {
 //
 // A step's candidates lie in a buffer of B rows of MK, beam b extended by codeword j at
 // b * MK + j, in runs: whole rows (short codebooks; the codebooks a beam uses then hold
-// +inf, from the cross table) or one run per codebook a beam has not used. The runs are
-// folded into G group minima (group = position mod G; G a power of two, a multiple of the
-// SIMD width and at least 2 * beam_width). The keep-th smallest group minimum bounds the
-// keep-th smallest candidate from above, since that many groups each hold a candidate no
-// larger; only the candidates within it, usually not many more than keep, are sorted.
-// A candidate is known by its key, beam << shift | codeword, which orders as its position.
+// +inf, from the cross table) or one run per codebook a beam has not used. A run is
+// computed a SIMD register at a time, its repeated sets blanked to NaN as it goes, and
+// the lanes' running minima of run r are folded into slot r mod R of G = R * width group
+// minima. The keep-th smallest group minimum bounds the keep-th smallest candidate from
+// above, since that many groups (disjoint sets of candidates) each hold one no larger;
+// only the runs whose minimum is within the bound are searched, and only the candidates
+// within it, usually not many more than keep, are ranked. A candidate is known by its
+// key, beam << shift | codeword, which orders as its position.
 template <typename T>
 struct Workspace {
   using P = Packing<T>;
@@ -330,57 +353,88 @@ struct Workspace {
         total(stages * entries),
         log_entries(__builtin_ctz(unsigned(entries))),
         shift(32 - __builtin_clz(unsigned(total))),
+        row_words((total + 63) / 64),
         by_codebook(entries >= 4 * S::width),
-        groups(power_of_two(std::max(S::width, 2 * most))),
+        slots(std::max(1, (2 * most + S::width - 1) / S::width)),
         beams{Beams<T>(stages, total, most), Beams<T>(stages, total, most)},
         repeats(total, most),
         values(size_t(most) * total),
-        minima(groups),
-        run_minima(size_t(most) * stages),
+        blanks(size_t(most) * row_words),
+        blanked(most),
+        zeros(total),
+        minima(size_t(slots) * S::width),
+        run_minima(size_t(std::max(most, 1)) * std::max(stages, 1) + total),
         found_values(size_t(most) * total),
         found_keys(size_t(most) * total),
         items(size_t(most) * total) {}
 
-  static int power_of_two(int n) {
-    int p = 1;
-    while (p < n) p *= 2;
-    return p;
+  // Begin a step: no runs, no group minimum.
+  void start() {
+    runs.clear();
+    std::fill(minima.begin(), minima.end(), std::numeric_limits<T>::infinity());
   }
 
-  // The runs of a step's candidates (and, by codebook, each run's minimum) into minima.
-  void fold() {
-    std::fill(minima.begin(), minima.end(), std::numeric_limits<T>::infinity());
-    for (size_t r = 0; r < runs.size(); ++r) {
-      const T* v = values_at + runs[r].first;
-      const int length = runs[r].length;
-      int g = runs[r].first & (groups - 1), k = 0;
-      typename S::V least = S::set(std::numeric_limits<T>::infinity());
-      if (g % S::width == 0) {
-        for (; k + S::width <= length; k += S::width) {
-          const typename S::V x = S::load(v + k);
-          S::store(minima.data() + g, S::min(x, S::load(minima.data() + g)));
-          least = S::min(x, least);
-          g = (g + S::width) & (groups - 1);
-        }
-      }
-      T rest = std::numeric_limits<T>::infinity();
-      for (; k < length; ++k, g = (g + 1) & (groups - 1)) {
-        minima[g] = v[k] < minima[g] ? v[k] : minima[g];
-        rest = v[k] < rest ? v[k] : rest;
-      }
-      if (by_codebook) run_minima[r] = std::min(S::least(least), rest);
+  // Leave out beam b extended by codeword j (it repeats a better beam's set).
+  void blank(int b, int32_t j) {
+    blanks[size_t(b) * row_words + j / 64] |= uint64_t(1) << (j % 64);
+    blanked[b] = 1;
+  }
+
+  // A run of beam b over codewords first ... first + length - 1: each (base + 2 sums) +
+  // error, written to its row and folded into the group minima.
+  void fill(int b, int first, int length, const T* base, const T* sums, T error) {
+    const size_t r = runs.size();
+    runs.push_back(Run{b * total + first, length, b, first});
+    T* out = values.data() + size_t(b) * total;
+    const uint64_t* bits = blanked[b] ? blanks.data() + size_t(b) * row_words : nullptr;
+    T* slot = minima.data() + (r % slots) * S::width;
+    if (first % S::width == 0 && length % S::width == 0 && total % S::width == 0) {
+      const typename S::V least = fill_lanes<S>(first, length, base, sums, error, bits, out);
+      S::store(slot, S::min(least, S::load(slot)));
+      run_minima[r] = S::least(least);
+    } else {
+      const T least = fill_lanes<Scalar<T>>(first, length, base, sums, error, bits, out);
+      slot[0] = std::min(least, slot[0]);
+      run_minima[r] = least;
     }
   }
 
+  template <typename L>
+  static typename L::V fill_lanes(int first, int length, const T* base, const T* sums,
+                                  T error, const uint64_t* bits, T* out) {
+    constexpr uint32_t lanes = L::width == 32 ? ~0u : (1u << L::width) - 1;
+    const typename L::V e = L::set(error);
+    typename L::V least = L::set(std::numeric_limits<T>::infinity());
+    for (int j = first; j < first + length; j += L::width) {
+      typename L::V v = L::add(L::twice_plus(L::load(base + j), L::load(sums + j)), e);
+      if (bits) {
+        const uint32_t hit = uint32_t(bits[j / 64] >> (j % 64)) & lanes;
+        if (hit) v = L::blank(v, hit);
+      }
+      L::store(out + j, v);
+      least = L::min(v, least);
+    }
+    return least;
+  }
+
+  // Unset the blanks of the step.
+  void clear_blanks(int count) {
+    for (int b = 0; b < count; ++b)
+      if (blanked[b]) {
+        std::fill_n(blanks.begin() + size_t(b) * row_words, row_words, 0);
+        blanked[b] = 0;
+      }
+  }
+
   // Appends each candidate <= limit to found (value and key), in order, leaving out those
-  // of the codebooks their beams use; by codebook, runs whose minimum exceeds the limit are
-  // skipped. Returns how many.
+  // of the codebooks their beams use; runs whose minimum exceeds the limit are skipped.
+  // Returns how many.
   int collect(T limit, const Beams<T>& beams_now) {
     int n = 0;
     for (size_t r = 0; r < runs.size(); ++r) {
       const Run& run = runs[r];
-      if (by_codebook && !(run_minima[r] <= limit)) continue;
-      const T* v = values_at + run.first;
+      if (!(run_minima[r] <= limit)) continue;
+      const T* v = values.data() + run.first;
       const uint32_t key = uint32_t(run.beam) << shift | uint32_t(run.codeword);
       int k = 0;
       if (run.first % S::width == 0) {
@@ -412,6 +466,7 @@ struct Workspace {
   // The keep-th smallest group minimum (ties alike): a bound on the keep-th candidate.
   T bound(int keep) const {
     T limit = std::numeric_limits<T>::infinity();
+    const int groups = int(minima.size());
     for (int i = 0; i < groups; ++i) {
       const bool enough = count_at_most(minima.data(), groups, minima[i]) >= keep;
       limit = enough & (minima[i] < limit) ? minima[i] : limit;
@@ -422,7 +477,6 @@ struct Workspace {
   // The smallest ``keep`` candidates of the runs, ascending by (value, key), NaN and the
   // codebooks their beams use left out, into chosen; returns how many.
   int smallest(int keep, const Beams<T>& beams_now) {
-    fold();
     const int n = collect(bound(keep), beams_now);
     for (int i = 0; i < n; ++i) items[i] = P::pack(found_values[i], found_keys[i]);
     chosen.resize(keep + 1);  // the last entry takes every item ranked keep or later
@@ -437,17 +491,19 @@ struct Workspace {
   int beam_of(uint32_t key) const { return int(key >> shift); }
   int32_t codeword_of(uint32_t key) const { return int32_t(key & ((1u << shift) - 1)); }
 
-  const int stages, entries, total, log_entries, shift;
+  const int stages, entries, total, log_entries, shift, row_words;
   const bool by_codebook;  // runs of one codebook (long codebooks), else whole rows
-  const int groups;
+  const int slots;         // R
   Beams<T> beams[2];
   Repeats repeats;
-  std::vector<T> values;         // (B, MK) a step's candidates
-  const T* values_at = nullptr;  // the buffer the runs index (values, or the base row)
+  std::vector<T> values;          // (B, MK) a step's candidates
+  std::vector<uint64_t> blanks;   // (B, ceil(MK / 64)) bit j of row b: left out
+  std::vector<uint8_t> blanked;   // (B,) whether row b has a blank
+  std::vector<T> zeros;           // (MK,) the cross sums of the empty tuple
   std::vector<Run> runs;
-  std::vector<T> minima;      // (G,)
-  std::vector<T> run_minima;  // (runs,)
-  std::vector<T> found_values;         // (B * MK,) the candidates within the bound
+  std::vector<T> minima;          // (G,)
+  std::vector<T> run_minima;      // (runs,)
+  std::vector<T> found_values;    // (B * MK,) the candidates within the bound
   std::vector<uint32_t> found_keys;     // (B * MK,)
   std::vector<typename P::type> items;  // (B * MK,) the same, packed
   std::vector<typename P::type> chosen;
@@ -458,17 +514,6 @@ template <typename Visit>
 inline void each_open(uint64_t used, int stages, Visit visit) {
   uint64_t open = ~used & (stages == 64 ? ~uint64_t(0) : (uint64_t(1) << stages) - 1);
   for (; open; open &= open - 1) visit(__builtin_ctzll(open));
-}
-
-// out[k] = (base[k] + 2 sums[k]) + error for k < count: a candidate's error less ||x||².
-template <typename T>
-void evaluate(const T* base, const T* sums, T error, int count, T* out) {
-  using S = Simd<T>;
-  const typename S::V e = S::set(error);
-  int k = 0;
-  for (; k + S::width <= count; k += S::width)
-    S::store(out + k, S::add(S::twice_plus(S::load(base + k), S::load(sums + k)), e));
-  for (; k < count; ++k) out[k] = (base[k] + (sums[k] + sums[k])) + error;
 }
 
 // out[k] = a[k] + b[k] for k < count.
@@ -488,15 +533,14 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
   using P = Packing<T>;
   const int stages = w.stages, entries = w.entries, total = w.total;
 
-  // step 0: the beam_width nearest codewords; "beam 0" of no codeword is every row's parent
+  // step 0: the beam_width nearest codewords (the runs of an empty beam 0, in row 0)
   Beams<T>* now = &w.beams[0];
-  w.values_at = base;
-  w.runs.clear();
+  now->used[0] = 0;
+  w.start();
   for (int m = 0; m < (w.by_codebook ? stages : 1); ++m) {
     const int first = w.by_codebook ? m * entries : 0;
-    w.runs.push_back(Run{first, w.by_codebook ? entries : total, 0, first});
+    w.fill(0, first, w.by_codebook ? entries : total, base, w.zeros.data(), T(0));
   }
-  now->used[0] = 0;
   if (w.smallest(std::min(beam_width, total), *now) == 0)
     w.chosen.assign(1, P::pack(T(0), 0));  // every distance NaN
   now->count = int(w.chosen.size());
@@ -507,31 +551,29 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
     now->used[b] = uint64_t(1) << (c / entries);
   }
 
-  w.values_at = w.values.data();
   for (int step = 1; step < stages; ++step) {
+    const bool last = step == stages - 1;
     // the cross sums of beam b: the cross table's row while beams hold one codeword
     auto sums_of = [&](int b) -> const T* {
       return step == 1 ? cross + size_t(now->path[size_t(b) * stages]) * total
                        : now->sums.data() + size_t(b) * total;
     };
-    // every candidate: beam b extended by codeword j at b * MK + j
-    w.runs.clear();
-    for (int b = 0; b < now->count; ++b) {
-      T* out = w.values.data() + size_t(b) * total;
+    w.start();
+    if (!last)  // each set once, from the best beam that reaches it
+      w.repeats.find(now->path.data(), now->count, step, stages,
+                     [&](int b, int32_t j) { w.blank(b, j); });
+    for (int b = 0; b < now->count; ++b) {  // every candidate: beam b extended by j
       if (!w.by_codebook) {
-        evaluate(base, sums_of(b), now->error[b], total, out);
-        w.runs.push_back(Run{b * total, total, b, 0});
+        w.fill(b, 0, total, base, sums_of(b), now->error[b]);
         continue;
       }
       each_open(now->used[b], stages, [&](int m) {
-        const int first = m * entries;
-        evaluate(base + first, sums_of(b) + first, now->error[b], entries, out + first);
-        w.runs.push_back(Run{b * total + first, entries, b, first});
+        w.fill(b, m * entries, entries, base, sums_of(b), now->error[b]);
       });
     }
+    w.clear_blanks(now->count);
 
-    if (step == stages - 1) {  // the smallest; ties: the smaller codeword, then beam
-      w.fold();
+    if (last) {  // the smallest; ties: the smaller codeword, then the earlier beam
       const int n = w.collect(*std::min_element(w.minima.begin(), w.minima.end()), *now);
       int best_beam = -1, best_codeword = total;
       for (int i = 0; i < n; ++i) {
@@ -551,10 +593,6 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
       return;
     }
 
-    // each set once, from the best beam that reaches it
-    w.repeats.find(now->path.data(), now->count, step, stages, [&](int b, int32_t j) {
-      w.values[size_t(b) * total + j] = std::numeric_limits<T>::quiet_NaN();
-    });
     if (w.smallest(beam_width, *now) == 0)  // every candidate NaN: go on with beam 0
       w.chosen.assign(1, P::pack(std::numeric_limits<T>::infinity(),
                                  uint32_t(__builtin_ctzll(~now->used[0]) * entries)));
