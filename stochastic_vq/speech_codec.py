@@ -14,7 +14,8 @@ the envelope quantizer differs between the methods. Per 20 ms frame at 16 kHz:
         half the RMS the model expects there (noise filling), times weighting and step,
         inverse MDCT with overlap-add
     the global step: the finest of 512 (9 bits, 1/32 octave apart) whose frame fits the
-        budget (rate control: a binary search per frame, then a bit reservoir)
+        budget (rate control: a binary search per frame on the model's ideal lengths,
+        then the range coder's own count and a bit reservoir)
 
 A frame costs at most ``bitrate · 20 ms`` bits (envelope + gain + step + spectrum) plus
 the bits the frames before it left unused, at most RESERVOIR_BITS (as MP3's bit
@@ -49,6 +50,7 @@ import torch
 
 from stochastic_vq.speech_bitstream import (
     SEAL_BITS,
+    WORD_BITS,
     RangeReader,
     RangeWriter,
     read_file,
@@ -69,7 +71,7 @@ SHAPING = 0.5  # γ: noise shaping by the envelope
 NOISE_FILL = 0.5  # zero coefficients decode to noise of this share of their expected RMS
 RESERVOIR_BITS = 24  # most unused bits carried on to the next frame
 RESERVOIR_STEPS = 24  # finer step indices than a frame's own budget allows, tried with them
-CHUNK = 256  # frames whose candidate steps are coded at once
+CHUNK = 256  # frames whose candidate steps' ideal lengths are computed at once
 NOISE_SEED = 0  # of the decoder's noise filling: decoding is deterministic
 ENERGY_FLOOR = 10 ** (GAIN_FLOOR_DB / 10)  # mean square of a silent band
 
@@ -97,9 +99,14 @@ def mdct_basis(hop: int = HOP, support: int = WINDOW_SUPPORT) -> torch.Tensor:
     return low_overlap_window(hop, support)[:, None] * cosines
 
 
+def frame_count(length: int, hop: int = HOP) -> int:
+    """T = ceil(L / hop) + 1: the MDCT frames that code L samples."""
+    return math.ceil(length / hop) + 1
+
+
 def mdct(signal: torch.Tensor, hop: int = HOP) -> torch.Tensor:
-    """(T, hop) float64 MDCT of a (L,) signal, T = ceil(L / hop) + 1 frames."""
-    frames = math.ceil(len(signal) / hop) + 1
+    """(T, hop) float64 MDCT of a (L,) signal, T = ``frame_count(L)`` frames."""
+    frames = frame_count(len(signal), hop)
     padded = torch.zeros((frames + 1) * hop, dtype=torch.float64)
     padded[hop:hop + len(signal)] = signal
     return padded.unfold(0, 2 * hop, hop) @ mdct_basis(hop)  # (T, 2*hop) @ (2*hop, hop)
@@ -322,7 +329,7 @@ class SpeechCodec:
         step = torch.tensor(steps, dtype=torch.long)  # (T,)
         q = torch.stack(spectra)  # (T, HOP) as coded
         words = writer.words()
-        bits[-1] += 32 * len(words) - writer.bits()  # the seal: the last word(s)
+        bits[-1] += WORD_BITS * len(words) - writer.bits()  # the seal: the last word(s)
         ideal = code_length(q, beta_steps / step_size(step)[:, None]) + self.side_bits
         return Frames(codes, decoded_shape, gain_index.long(), step, q.long(), len(signal),
                       torch.tensor(bits, dtype=torch.float64), ideal,
@@ -337,7 +344,7 @@ class SpeechCodec:
         length, words = read_file(stream)
         reader = RangeReader(words)
         sides, spectra = [], []
-        for t in range(math.ceil(length / HOP) + 1):
+        for t in range(frame_count(length)):
             side = torch.from_numpy(reader.uniform(self.side_sizes).astype(np.int64))
             row = shape[t:t + 1] if shape is not None else self.decode_envelope(side[None, 1:-1])
             beta = self._coding_scales(side[:1], row, int(side[-1]))

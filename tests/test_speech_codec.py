@@ -151,7 +151,7 @@ def test_frame_bits_are_the_streams_and_near_the_ideal_code_length(speech, coder
     assert bool(((frames.bits[:-1] - ideal[:-1]).abs() < 4).all())
 
 
-@pytest.mark.parametrize("method", ["avq", None])
+@pytest.mark.parametrize("method", ["avq", "rvq", "pvq", None])
 def test_the_stream_alone_decodes_bit_exactly(speech, coder, method):
     quantizer = None
     if method is not None:
@@ -232,6 +232,9 @@ def test_rate_control_hits_the_target(speech, coder, bitrate):
     assert float(bits.mean()) == pytest.approx(budget, rel=0.02)
     frames = torch.arange(1, len(bits) + 1, dtype=torch.float64)
     assert bool((bits.cumsum(0) <= frames * budget).all())  # never more than the budget
+    # the stream sealed after any frame (its final word or two) would fit too
+    spent = bits.cumsum(0)[:-1] + bitstream.SEAL_BITS
+    assert bool((spent <= frames[:-1] * budget).all())
 
 
 def test_quality_rises_with_the_bitrate_and_decoding_is_deterministic(speech, coder):
