@@ -77,6 +77,28 @@ def test_paired_differences():
     assert alone["mean"] == 1.0 and alone["se"] is None and alone["interval"] is None
 
 
+def test_utterance_table_keeps_bitrate_seed_utterance_order():
+    """Per utterance: [bitrate][seed][utterance]; paired differences over the utterances'
+    means over seeds."""
+    preset = speech_experiment.PRESETS["tiny"]  # 2 bitrates
+    preset = speech_experiment.SpeechPreset(**{**preset.__dict__, "seeds": 2})
+    offset = {"avq": 0.5, "rvq": 0.25, "pvq": 0.0}
+
+    def score(method, seed, rate, utterance):
+        return 100 * rate + 10 * seed + utterance + offset[method] * (1 + utterance)
+
+    values = {(method, seed): {metric: [[score(method, seed, rate, u) for u in range(3)]
+                                        for rate in range(2)] for metric in ("pesq", "psnr")}
+              for method in offset for seed in range(2)}
+    table = speech_experiment.utterance_table(values, preset, ["a", "b", "c"])
+    assert table["Test utterances"] == ["a", "b", "c"]
+    assert table["Per utterance"]["RVQ"]["PESQ"][1][0] == [100 + 0.25, 101.5, 102.75]
+    assert table["Per utterance"]["PVQ"]["pSNR"][0][1] == [10.0, 11.0, 12.0]
+    paired = table["Paired differences"]["AVQ - PVQ"]["pSNR"][1]
+    assert paired["mean"] == pytest.approx(np.mean([0.5, 1.0, 1.5]))
+    assert paired["sd"] == pytest.approx(0.5) and paired["share higher"] == 1.0
+
+
 def test_fig1_tiny_writes_the_published_schema_and_the_decoded_speech(tmp_path, capsys):
     fig1_packages()
     out, audio = tmp_path / "out", tmp_path / "listen"
