@@ -127,14 +127,14 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     The native kernel runs where ``search_backend`` says so, else ``beam_search_torch``;
     both give the same codes.
     """
-    # error of adding codeword j to an empty tuple, less the constant ||x||², (N, MK);
+    # error of adding codeword j to an empty tuple, less the constant ||x||², (N, MK)
+    base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
+    if search_backend(x.device, num_stages, len(codewords) // num_stages,
+                      beam_width) == "native":  # NaN and inf are never among its best
+        return native.avq_beam_search(base, cross, num_stages, beam_width)
     # non-finite input (allowed with check_finite=False) must not outrank the +inf that
     # keeps used codebooks out, so its errors are clamped to finite values
-    base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
-    base = torch.nan_to_num(base, nan=_HUGE, posinf=_HUGE, neginf=-_HUGE)
-    if search_backend(x.device, num_stages, len(codewords) // num_stages,
-                      beam_width) == "native":
-        return native.avq_beam_search(base, cross, num_stages, beam_width)
+    base = torch.nan_to_num_(base, nan=_HUGE, posinf=_HUGE, neginf=-_HUGE)
     return beam_search_torch(base, cross, num_stages, beam_width)
 
 

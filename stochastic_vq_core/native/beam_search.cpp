@@ -11,12 +11,10 @@
 //
 // A step keeps the ``beam_width`` smallest candidates over every beam and every codeword of
 // a codebook the beam has not used, leaving out a candidate whose set of codewords a
-// better beam also reaches; the last step keeps the smallest. The candidates are written
-// a SIMD register at a time in segments (one beam, one codebook), the repeated sets as NaN,
-// and each segment's minimum is kept. The beam_width-th smallest segment minimum bounds
-// the beam_width-th smallest candidate from above (that many segments hold a candidate
-// no larger), so only the segments whose minimum is within it are searched for the step's
-// best, and only the candidates within it are sorted.
+// better beam also reaches (``Repeats``); the last step keeps the smallest. Candidates are
+// computed a SIMD register at a time and only their minima kept, from which a bound on
+// the step's beam_width-th best follows; a second pass over the runs that can hold
+// candidates within the bound finds them, and they are ranked (``Workspace``).
 //
 // Plain C++17 with a C interface, no torch headers: built on first use (a second or two)
 // and called through ctypes by ``stochastic_vq_core.native``.
@@ -267,81 +265,130 @@ struct Beams {
   std::vector<T> sums;         // (B, MK) cross sums of the beams (from step 2 on)
 };
 
-// Which extensions repeat a better beam's set. Beam b extended by j holds the same set
-// as a better beam a (a < b) extended by some j' exactly when a holds all but one of
-// b's codewords and j (then a's set is b's with that one swapped for j). Bit masks of
-// the beams that hold each codeword find those a.
+// Which extensions repeat a better beam's set: a bit matrix of B rows of MK, bit j of
+// row b set when beam b extended by codeword j holds the same set as an extension of a
+// better beam a (a < b). That is exactly when a holds all but one of b's codewords and j
+// (then a's set is b's with that one swapped for j); masks of the beams that hold each
+// codeword find those a. (A bit may fall in a codebook b uses: no such extension.)
 class Repeats {
  public:
   Repeats(int total, int most)
-      : words_((most + 63) / 64), holders_(size_t(total) * words_), all_but_(words_),
-        suspects_(words_) {}
+      : words_((most + 63) / 64),
+        row_words_((total + 63) / 64),
+        holders_(size_t(total) * words_),
+        rows_(size_t(most) * row_words_),
+        marked_(most) {}
 
-  // Calls repeat(b, j) for each beam b and codeword j such that b + j repeats a better
-  // beam's extension (j may lie in a codebook b uses; such an extension does not exist).
-  template <typename Repeat>
-  void find(const int32_t* path, int count, int size, int stages, Repeat repeat) {
-    if (size == 1) {  // single codewords: every better beam's codeword
-      for (int b = 1; b < count; ++b)
-        for (int a = 0; a < b; ++a) repeat(b, path[size_t(a) * stages]);
+  // Set the bits of the beams (count of them, size codewords each in path).
+  void find(const int32_t* path, int count, int size, int stages) {
+    if (size == 1) {  // single codewords: row b holds the codewords of beams 0 ... b - 1
+      for (int b = 1; b < count; ++b) {
+        uint64_t* row = this->row(b);
+        std::copy_n(this->row(b - 1), row_words_, row);
+        const int32_t c = path[size_t(b - 1) * stages];
+        row[c / 64] |= uint64_t(1) << (c % 64);
+        marked_[b] = 1;
+      }
       return;
     }
+    if (words_ == 1)  // up to 64 beams: the masks' loops of one word unrolled
+      find_sets<1>(path, count, size, stages);
+    else
+      find_sets<0>(path, count, size, stages);
+  }
+
+  // find's sets of two codewords or more, with masks of Words words (0: words_).
+  template <int Words>
+  void find_sets(const int32_t* path, int count, int size, int stages) {
+    const int words = Words ? Words : words_;
     for (int b = 0; b < count; ++b)
       for (int i = 0; i < size; ++i)
         holders(path[size_t(b) * stages + i])[b / 64] |= uint64_t(1) << (b % 64);
+    std::vector<uint64_t> heap(Words ? 0 : 2 * words);
+    uint64_t one[2];
+    uint64_t* suspect = Words ? one : heap.data();
+    uint64_t* held = Words ? one + 1 : heap.data() + words;
     for (int b = 1; b < count; ++b) {
       const int32_t* mine = path + size_t(b) * stages;
-      std::fill(suspects_.begin(), suspects_.end(), 0);
+      for (int w = 0; w < words; ++w) suspect[w] = 0;
       for (int out = 0; out < size; ++out) {  // beams holding all of b's codewords but one
-        std::fill(all_but_.begin(), all_but_.end(), ~uint64_t(0));
+        for (int w = 0; w < words; ++w) held[w] = ~uint64_t(0);
         for (int i = 0; i < size; ++i)
           if (i != out)
-            for (int w = 0; w < words_; ++w) all_but_[w] &= holders(mine[i])[w];
-        for (int w = 0; w < words_; ++w) suspects_[w] |= all_but_[w];
+            for (int w = 0; w < words; ++w) held[w] &= holders(mine[i])[w];
+        for (int w = 0; w < words; ++w) suspect[w] |= held[w];
       }
+      uint64_t* bits = row(b);
+      uint64_t first_word = bits[0], any = 0;  // in registers: no store-to-load chain
       for (int w = 0; w <= (b - 1) / 64; ++w) {  // only better beams
-        uint64_t better = suspects_[w];
+        uint64_t better = suspect[w];
         if (w == b / 64) better &= (uint64_t(1) << (b % 64)) - 1;
         for (; better; better &= better - 1) {
-          const int a = w * 64 + __builtin_ctzll(better);
-          const int32_t* theirs = path + size_t(a) * stages;
-          for (int i = 0; i < size; ++i)  // a's codeword that b lacks
-            if (!(holders(theirs[i])[b / 64] >> (b % 64) & 1)) repeat(b, theirs[i]);
+          const int32_t* theirs = path + size_t(w * 64 + __builtin_ctzll(better)) * stages;
+          for (int i = 0; i < size; ++i) {  // the better beam's codeword that b lacks
+            const int32_t c = theirs[i];
+            const uint64_t lacked = ~holders(c)[b / 64] >> (b % 64) & 1;  // no branch
+            if (c < 64)
+              first_word |= lacked << c;
+            else
+              bits[c / 64] |= lacked << (c % 64);
+            any |= lacked;
+          }
         }
       }
+      bits[0] = first_word;
+      marked_[b] = uint8_t(any);
     }
     for (int b = 0; b < count; ++b)
       for (int i = 0; i < size; ++i)
-        std::fill_n(holders(path[size_t(b) * stages + i]), words_, 0);
+        for (int w = 0; w < words; ++w) holders(path[size_t(b) * stages + i])[w] = 0;
+  }
+
+  // Row b (null if it has no bit set).
+  const uint64_t* marked(int b) const {
+    return marked_[b] ? rows_.data() + size_t(b) * row_words_ : nullptr;
+  }
+
+  // Unset every bit of rows 0 ... count - 1.
+  void clear(int count) {
+    for (int b = 0; b < count; ++b)
+      if (marked_[b]) {
+        std::fill_n(row(b), row_words_, 0);
+        marked_[b] = 0;
+      }
   }
 
  private:
   uint64_t* holders(int32_t codeword) { return holders_.data() + size_t(codeword) * words_; }
+  uint64_t* row(int b) { return rows_.data() + size_t(b) * row_words_; }
 
-  int words_;
-  std::vector<uint64_t> holders_;   // (MK, W) bit b: beam b holds the codeword
-  std::vector<uint64_t> all_but_;   // (W,)
-  std::vector<uint64_t> suspects_;  // (W,)
+  int words_, row_words_;
+  std::vector<uint64_t> holders_;  // (MK, W) bit b: beam b holds the codeword
+  std::vector<uint64_t> rows_;     // (B, ceil(MK / 64))
+  std::vector<uint8_t> marked_;    // (B,) whether row b has a bit set
 };
 
 // A run of candidates in a step's buffer: buffer[first + k], k < length, is beam ``beam``
 // extended by codeword ``codeword + k``.
+template <typename T>
 struct Run {
-  int first, length, beam, codeword;
+  int beam, first, length;  // codewords first ... first + length - 1
+  const T* sums;            // the beam's cross sums (MK,)
+  T error;                  // the beam's error
 };
 
 // The per-thread state of the search, and its selection of a step's best candidates.
 //
-// A step's candidates lie in a buffer of B rows of MK, beam b extended by codeword j at
-// b * MK + j, in runs: whole rows (short codebooks; the codebooks a beam uses then hold
-// +inf, from the cross table) or one run per codebook a beam has not used. A run is
-// computed a SIMD register at a time, its repeated sets blanked to NaN as it goes, and
-// the lanes' running minima of run r are folded into slot r mod R of G = R * width group
-// minima. The keep-th smallest group minimum bounds the keep-th smallest candidate from
-// above, since that many groups (disjoint sets of candidates) each hold one no larger;
-// only the runs whose minimum is within the bound are searched, and only the candidates
-// within it, usually not many more than keep, are ranked. A candidate is known by its
-// key, beam << shift | codeword, which orders as its position.
+// A step's candidates, beam b extended by codeword j, come in runs: a beam's whole row of
+// MK (short codebooks; the codebooks a beam uses then give +inf, from the cross table) or
+// one run per codebook a beam has not used. A run is computed a SIMD register at a time,
+// its repeated sets blanked to NaN, and only its lanes' running minima are kept: those of
+// run r are folded into slot r mod R of G = R * width group minima. The keep-th smallest
+// group minimum bounds the keep-th smallest candidate from above, since that many groups
+// (disjoint sets of candidates) each hold one no larger; the runs whose minimum is within
+// the bound are computed again to find the candidates within it, usually not many more
+// than keep, which are ranked. A candidate is known by its key, beam << shift | codeword,
+// which orders as (beam, codeword).
 template <typename T>
 struct Workspace {
   using P = Packing<T>;
@@ -353,17 +400,12 @@ struct Workspace {
         total(stages * entries),
         log_entries(__builtin_ctz(unsigned(entries))),
         shift(32 - __builtin_clz(unsigned(total))),
-        row_words((total + 63) / 64),
         by_codebook(entries >= 4 * S::width),
         slots(std::max(1, (2 * most + S::width - 1) / S::width)),
         beams{Beams<T>(stages, total, most), Beams<T>(stages, total, most)},
         repeats(total, most),
-        values(size_t(most) * total),
-        blanks(size_t(most) * row_words),
-        blanked(most),
         zeros(total),
         minima(size_t(slots) * S::width),
-        run_minima(size_t(std::max(most, 1)) * std::max(stages, 1) + total),
         found_values(size_t(most) * total),
         found_keys(size_t(most) * total),
         items(size_t(most) * total) {}
@@ -371,84 +413,72 @@ struct Workspace {
   // Begin a step: no runs, no group minimum.
   void start() {
     runs.clear();
+    run_minima.clear();
+    slot = 0;
     std::fill(minima.begin(), minima.end(), std::numeric_limits<T>::infinity());
   }
 
-  // Leave out beam b extended by codeword j (it repeats a better beam's set).
-  void blank(int b, int32_t j) {
-    blanks[size_t(b) * row_words + j / 64] |= uint64_t(1) << (j % 64);
-    blanked[b] = 1;
-  }
-
-  // A run of beam b over codewords first ... first + length - 1: each (base + 2 sums) +
-  // error, written to its row and folded into the group minima.
+  // A run of beam b over codewords first ... first + length - 1, their errors
+  // (base + 2 sums) + error folded into the group minima.
   void fill(int b, int first, int length, const T* base, const T* sums, T error) {
-    const size_t r = runs.size();
-    runs.push_back(Run{b * total + first, length, b, first});
-    T* out = values.data() + size_t(b) * total;
-    const uint64_t* bits = blanked[b] ? blanks.data() + size_t(b) * row_words : nullptr;
-    T* slot = minima.data() + (r % slots) * S::width;
-    if (first % S::width == 0 && length % S::width == 0 && total % S::width == 0) {
-      const typename S::V least = fill_lanes<S>(first, length, base, sums, error, bits, out);
-      S::store(slot, S::min(least, S::load(slot)));
-      run_minima[r] = S::least(least);
+    const Run<T> run{b, first, length, sums, error};
+    T* group = minima.data() + slot * S::width;
+    slot = slot + 1 == slots ? 0 : slot + 1;
+    if (simd(run)) {
+      typename S::V least = S::set(std::numeric_limits<T>::infinity());
+      scan<S>(run, base, [&](int, typename S::V v) { least = S::min(v, least); });
+      S::store(group, S::min(least, S::load(group)));
+      run_minima.push_back(S::least(least));
     } else {
-      const T least = fill_lanes<Scalar<T>>(first, length, base, sums, error, bits, out);
-      slot[0] = std::min(least, slot[0]);
-      run_minima[r] = least;
+      T least = std::numeric_limits<T>::infinity();
+      scan<Scalar<T>>(run, base, [&](int, T v) { least = v < least ? v : least; });
+      group[0] = std::min(least, group[0]);
+      run_minima.push_back(least);
     }
+    runs.push_back(run);
   }
 
-  template <typename L>
-  static typename L::V fill_lanes(int first, int length, const T* base, const T* sums,
-                                  T error, const uint64_t* bits, T* out) {
+  bool simd(const Run<T>& run) const {
+    return run.first % S::width == 0 && run.length % S::width == 0;
+  }
+
+  // Calls visit(j, v) for the run's codewords j, a register L::width at a time: v holds
+  // the errors of j ... j + width - 1, NaN where blanked.
+  template <typename L, typename Visit>
+  void scan(const Run<T>& run, const T* base, Visit visit) const {
     constexpr uint32_t lanes = L::width == 32 ? ~0u : (1u << L::width) - 1;
-    const typename L::V e = L::set(error);
-    typename L::V least = L::set(std::numeric_limits<T>::infinity());
-    for (int j = first; j < first + length; j += L::width) {
-      typename L::V v = L::add(L::twice_plus(L::load(base + j), L::load(sums + j)), e);
+    const uint64_t* bits = repeats.marked(run.beam);
+    const typename L::V e = L::set(run.error);
+    for (int j = run.first; j < run.first + run.length; j += L::width) {
+      typename L::V v = L::add(L::twice_plus(L::load(base + j), L::load(run.sums + j)), e);
       if (bits) {
         const uint32_t hit = uint32_t(bits[j / 64] >> (j % 64)) & lanes;
         if (hit) v = L::blank(v, hit);
       }
-      L::store(out + j, v);
-      least = L::min(v, least);
+      visit(j, v);
     }
-    return least;
-  }
-
-  // Unset the blanks of the step.
-  void clear_blanks(int count) {
-    for (int b = 0; b < count; ++b)
-      if (blanked[b]) {
-        std::fill_n(blanks.begin() + size_t(b) * row_words, row_words, 0);
-        blanked[b] = 0;
-      }
   }
 
   // Appends each candidate <= limit to found (value and key), in order, leaving out those
   // of the codebooks their beams use; runs whose minimum exceeds the limit are skipped.
   // Returns how many.
-  int collect(T limit, const Beams<T>& beams_now) {
+  int collect(const T* base, T limit, const Beams<T>& beams_now) {
     int n = 0;
     for (size_t r = 0; r < runs.size(); ++r) {
-      const Run& run = runs[r];
       if (!(run_minima[r] <= limit)) continue;
-      const T* v = values.data() + run.first;
-      const uint32_t key = uint32_t(run.beam) << shift | uint32_t(run.codeword);
-      int k = 0;
-      if (run.first % S::width == 0) {
-        for (; k + S::width <= run.length; k += S::width) {
-          const typename S::V x = S::load(v + k);
-          const uint32_t mask = S::at_most(x, limit);
-          if (mask) n += S::append(x, mask, key + k, found_values.data() + n, found_keys.data() + n);
-        }
-      }
-      for (; k < run.length; ++k)
-        if (v[k] <= limit) {
-          found_values[n] = v[k];
-          found_keys[n++] = key + k;
-        }
+      const uint32_t key = uint32_t(runs[r].beam) << shift;
+      auto append = [&](auto lanes) {
+        using L = decltype(lanes);
+        scan<L>(runs[r], base, [&](int j, typename L::V v) {
+          const uint32_t mask = L::at_most(v, limit);
+          if (mask) n += L::append(v, mask, key | uint32_t(j), found_values.data() + n,
+                                   found_keys.data() + n);
+        });
+      };
+      if (simd(runs[r]))
+        append(S());
+      else
+        append(Scalar<T>());
     }
     if (!by_codebook && !(limit < std::numeric_limits<T>::infinity())) {  // +inf: used ones too
       int kept = 0;
@@ -476,8 +506,8 @@ struct Workspace {
 
   // The smallest ``keep`` candidates of the runs, ascending by (value, key), NaN and the
   // codebooks their beams use left out, into chosen; returns how many.
-  int smallest(int keep, const Beams<T>& beams_now) {
-    const int n = collect(bound(keep), beams_now);
+  int smallest(const T* base, int keep, const Beams<T>& beams_now) {
+    const int n = collect(base, bound(keep), beams_now);
     for (int i = 0; i < n; ++i) items[i] = P::pack(found_values[i], found_keys[i]);
     chosen.resize(keep + 1);  // the last entry takes every item ranked keep or later
     for (int i = 0; i < n; ++i) {  // each item's rank (keys differ: no ties), by counting
@@ -491,16 +521,14 @@ struct Workspace {
   int beam_of(uint32_t key) const { return int(key >> shift); }
   int32_t codeword_of(uint32_t key) const { return int32_t(key & ((1u << shift) - 1)); }
 
-  const int stages, entries, total, log_entries, shift, row_words;
+  const int stages, entries, total, log_entries, shift;
   const bool by_codebook;  // runs of one codebook (long codebooks), else whole rows
   const int slots;         // R
+  int slot = 0;            // the group slot of the next run
   Beams<T> beams[2];
   Repeats repeats;
-  std::vector<T> values;          // (B, MK) a step's candidates
-  std::vector<uint64_t> blanks;   // (B, ceil(MK / 64)) bit j of row b: left out
-  std::vector<uint8_t> blanked;   // (B,) whether row b has a blank
   std::vector<T> zeros;           // (MK,) the cross sums of the empty tuple
-  std::vector<Run> runs;
+  std::vector<Run<T>> runs;
   std::vector<T> minima;          // (G,)
   std::vector<T> run_minima;      // (runs,)
   std::vector<T> found_values;    // (B * MK,) the candidates within the bound
@@ -541,7 +569,7 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
     const int first = w.by_codebook ? m * entries : 0;
     w.fill(0, first, w.by_codebook ? entries : total, base, w.zeros.data(), T(0));
   }
-  if (w.smallest(std::min(beam_width, total), *now) == 0)
+  if (w.smallest(base, std::min(beam_width, total), *now) == 0)
     w.chosen.assign(1, P::pack(T(0), 0));  // every distance NaN
   now->count = int(w.chosen.size());
   for (int b = 0; b < now->count; ++b) {
@@ -560,8 +588,7 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
     };
     w.start();
     if (!last)  // each set once, from the best beam that reaches it
-      w.repeats.find(now->path.data(), now->count, step, stages,
-                     [&](int b, int32_t j) { w.blank(b, j); });
+      w.repeats.find(now->path.data(), now->count, step, stages);
     for (int b = 0; b < now->count; ++b) {  // every candidate: beam b extended by j
       if (!w.by_codebook) {
         w.fill(b, 0, total, base, sums_of(b), now->error[b]);
@@ -571,10 +598,9 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
         w.fill(b, m * entries, entries, base, sums_of(b), now->error[b]);
       });
     }
-    w.clear_blanks(now->count);
 
     if (last) {  // the smallest; ties: the smaller codeword, then the earlier beam
-      const int n = w.collect(*std::min_element(w.minima.begin(), w.minima.end()), *now);
+      const int n = w.collect(base, *std::min_element(w.minima.begin(), w.minima.end()), *now);
       int best_beam = -1, best_codeword = total;
       for (int i = 0; i < n; ++i) {
         const int32_t codeword = w.codeword_of(w.found_keys[i]);
@@ -593,9 +619,10 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
       return;
     }
 
-    if (w.smallest(beam_width, *now) == 0)  // every candidate NaN: go on with beam 0
+    if (w.smallest(base, beam_width, *now) == 0)  // every candidate NaN: go on with beam 0
       w.chosen.assign(1, P::pack(std::numeric_limits<T>::infinity(),
                                  uint32_t(__builtin_ctzll(~now->used[0]) * entries)));
+    w.repeats.clear(now->count);
 
     Beams<T>& next = w.beams[now == &w.beams[0] ? 1 : 0];
     next.count = int(w.chosen.size());
