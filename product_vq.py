@@ -70,7 +70,7 @@ class PVQ(VectorQuantizer):
 
     def _decode(self, codes):
         """The chosen codewords side by side, (N, D), differentiable in ``codebooks``."""
-        return self._gather_codewords(codes).view(len(codes), self.data_dim)
+        return self._gather_codewords(codes).flatten(1)
 
     @torch.no_grad()
     def search_tables(self, queries: torch.Tensor) -> torch.Tensor:
