@@ -25,7 +25,7 @@ class PVQ(VectorQuantizer):
         device: where the codebooks live.
         **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
             ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
-            or "diveq") and ``diveq_noise``.
+            or "diveq"), ``diveq_noise``, ``codebook_update``, ``ema_decay``, ``channel_first``.
 
     The trainable parameter ``codebooks`` has shape (M, K, D/M).
     """

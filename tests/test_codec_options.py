@@ -224,3 +224,17 @@ def test_moving_average_codebooks_refuse_gradients(kind):
     vq.codebooks.requires_grad_(False)
     vq(torch.randn(4, D), train_mode=True)
     make(kind).codebooks.requires_grad_(True)  # gradient codebooks are meant to
+
+
+def test_codec_options_leave_checkpoints_alone(kind):
+    """The options are settings, not state: a checkpoint loads either way."""
+    plain = make(kind)
+    options = {"channel_first": True}
+    if kind != "PVQ":
+        options.update(quantizer_dropout=0.5, dropout_min_stages=2)
+    other = CLASSES[kind].build(M, 3, D, beam_width=4, **options)
+    other.load_state_dict(plain.state_dict())
+    assert other.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(5, D)
+    assert torch.equal(other.encode(x), plain.encode(x))
+    plain.load_state_dict(other.state_dict())

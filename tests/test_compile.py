@@ -85,3 +85,6 @@ def test_compiled_dropout_and_mask_match_eager():
     assert (results[0][2] == -1).any()
     for first, second in zip(*results):
         assert torch.equal(first, second)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(compiled_module)(x, True, mask=mask)
+    assert explanation.graph_break_count == 1
