@@ -473,19 +473,36 @@ class VectorQuantizer(nn.Module):
         order, groups = stage_groups(per_row, None if keep is None else keep.cpu())
         order = order.to(x.device)  # (R,) the kept vectors, grouped
         codes = torch.full((len(x), width), -1, dtype=torch.long, device=x.device)  # (N, w)
-        if not groups:  # every vector masked out
-            return x.clone(), codes
         kept = x.index_select(0, order)  # (R, D)
         parts = []
         for part, (_, n) in zip(kept.split([size for size, _ in groups]), groups):
             part_codes = self._search(part, n)  # (R_g, n)
             parts.append((part, part_codes, self._decode(part_codes).to(x.dtype)))
-        self._learn(parts)
+        self._learn(self._with_other_processes_groups(parts, kept[:0]))
+        if not parts:  # every vector masked out
+            return x.clone(), codes
         quantized = torch.cat([part_quantized for _, _, part_quantized in parts])  # (R, D)
         kept_codes = torch.cat([F.pad(part_codes, (0, width - part_codes.shape[1]), value=-1)
                                 for _, part_codes, _ in parts])  # (R, w)
         out = estimate(self.estimator, self.diveq_noise, kept, quantized)  # (R, D)
         return x.index_copy(0, order, out), codes.index_copy_(0, order, kept_codes)
+
+    def _with_other_processes_groups(self, groups: list, empty: torch.Tensor) -> list:
+        """``groups`` (x, codes (N_g, n), quantized) in ascending n, with an empty group
+        for each n that only other processes of the process group use, when moving
+        averages are summed over several processes: every process then takes the same
+        moving-average steps, which stay equal. Costs one host synchronisation there.
+        ``empty``: (0, D)."""
+        sync = Sync(self.process_group)
+        if sync.size == 1 or self.codebook_update != "ema":
+            return groups
+        used = torch.zeros(self.num_stages + 1, device=empty.device)  # (M + 1,) n used here
+        for _, codes, _ in groups:
+            used[codes.shape[1]] = 1
+        everywhere = sync.sum(used).nonzero().flatten().tolist()
+        here = {group[1].shape[1]: group for group in groups}
+        none = empty.new_zeros(0, dtype=torch.long)
+        return [here.get(n, (empty, none.view(0, n), empty)) for n in everywhere]
 
     def _quantize(self, x: torch.Tensor, stages: int, keep: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
