@@ -49,7 +49,8 @@ class AVQ(VectorQuantizer):
         device: where the codebooks live.
         **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
             ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
-            or "diveq") and ``diveq_noise``.
+            or "diveq"), ``diveq_noise``, ``codebook_update``, ``ema_decay``,
+            ``quantizer_dropout``, ``dropout_min_stages``, ``channel_first``.
 
     The trainable parameter ``codebooks`` has shape (M*K, D); codebook m owns rows
     ``m*K ... (m+1)*K - 1``.
@@ -84,22 +85,26 @@ class AVQ(VectorQuantizer):
         return (f"{super().extra_repr()}, beam_width={self.beam_width}, "
                 f"search={self.search_backend!r}")
 
-    def _elements_per_row(self) -> int:
-        if self.search_backend == "native":  # per vector: its (MK,) errors of one codeword
-            return len(self.codebooks)
-        # per vector: the (B, MK) candidates, and at most (B*M)² codeword comparisons
+    def _elements_per_row(self, stages: int) -> int:
+        total = stages * self.codebook_size
+        if search_backend(self.codebooks.device, stages, self.codebook_size,
+                          self.beam_width) == "native":  # per vector: its (nK,) errors
+            return total
+        # per vector: the (B, nK) candidates, and at most (B*n)² codeword comparisons
         # between beams in ``_drop_repeated_sets``
-        beams = min(self.beam_width, len(self.codebooks))
-        return max(beams * len(self.codebooks), (beams * self.num_stages) ** 2)
+        beams = min(self.beam_width, total)
+        return max(beams * total, (beams * stages) ** 2)
 
-    def _tables(self, dtype):
-        codewords = self.codebooks.detach().to(dtype)  # (MK, D)
-        norms, cross = cross_table(codewords, self.num_stages)  # (MK,), (MK, MK)
+    def _tables(self, dtype, stages):
+        # the first n codebooks: rows 0 ... n*K - 1
+        codewords = self.codebooks.detach()[:stages * self.codebook_size].to(dtype)  # (nK, D)
+        norms, cross = cross_table(codewords, stages)  # (nK,), (nK, nK)
         return codewords, norms, cross
 
-    def _encode_chunk(self, x, tables):
+    def _encode_chunk(self, x, tables, stages):
+        """The beam search over the first ``stages`` codebooks only."""
         codewords, norms, cross = tables
-        return beam_search(x, codewords, norms, cross, self.num_stages, self.beam_width)
+        return beam_search(x, codewords, norms, cross, stages, self.beam_width)
 
     def _stage_table(self, stage):
         entries = self.codebook_size

@@ -54,7 +54,7 @@ def test_exact_ties_give_the_same_error():
     with torch.no_grad():
         vq.codebooks.copy_(torch.randn(4, 4).repeat(3, 1))
     x = torch.randn(200, 4)
-    codewords, norms, cross = vq._tables(torch.float32)
+    codewords, norms, cross = vq._tables(torch.float32, vq.num_stages)
     base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
     ours = vq.decode(native.avq_beam_search(base, cross, 3, 8))
     reference = vq.decode(beam_search_torch(base, cross, 3, 8))
@@ -81,7 +81,7 @@ def test_avq_uses_the_native_search_and_says_so():
     assert vq.search_backend == "native"
     assert "search='native'" in repr(vq)
     x = torch.randn(50, 16)
-    codewords, norms, cross = vq._tables(torch.float32)
+    codewords, norms, cross = vq._tables(torch.float32, vq.num_stages)
     base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
     assert torch.equal(vq.encode(x), beam_search_torch(base, cross, 3, 8))
 
