@@ -247,8 +247,12 @@ def _drop_repeated_sets(candidate_error: torch.Tensor, path: torch.Tensor) -> No
                 == codewords.view(1, size, n, beams, 1)).any(dim=1)
         missing = ~held
         better = torch.ones(beams, beams, dtype=torch.bool, device=path.device).tril_(-1)
-        one_apart = (missing.sum(dim=0) == 1) & better  # (N, B, A), only a < b
-        swapped_in = (codewords.unsqueeze(2) * missing).sum(dim=0)  # a's codeword b lacks
+        # (N, B, A), only a < b; counted in int8, not converted to int64
+        one_apart = (missing.sum(dim=0, dtype=torch.int8) == 1) & better
+        swapped_in = path[:, :, 0].unsqueeze(2)  # (N, B, A): a's codeword b lacks, where one
+        for position in range(size):  # a selection, no int64 x bool products
+            swapped_in = torch.where(missing[position], codewords[position].unsqueeze(1),
+                                     swapped_in)
         column = torch.where(one_apart, swapped_in, path[:, :, 0].unsqueeze(2))
     candidate_error.scatter_(2, column, float("inf"))  # column (N, B, A): beam b's codeword
 
