@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from stochastic_vq_core import native
 from stochastic_vq_core.quantizer import CPU, VectorQuantizer
 from stochastic_vq_core.rules import check_int
 from stochastic_vq_core.usage import replace_rows
@@ -49,7 +50,8 @@ class AVQ(VectorQuantizer):
         **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
             ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
             or "diveq"), ``diveq_noise`` (with "diveq"), ``codebook_update`` ("gradient",
-            the paper's, or "ema": moving averages) and ``ema_decay`` (with "ema").
+            the paper's, or "ema": moving averages), ``ema_decay`` (with "ema"),
+            ``quantizer_dropout``, ``dropout_min_stages``, ``channel_first``.
 
     The parameter ``codebooks`` has shape (M*K, D); codebook m owns rows
     ``m*K ... (m+1)*K - 1``.
@@ -77,23 +79,37 @@ class AVQ(VectorQuantizer):
             raise TypeError("AVQ needs a beam_width")
         return cls(num_stages, vq_bitrate_per_stage, data_dim, beam_width, **options)
 
+    @property
+    def search_backend(self) -> str:
+        """Which beam search encodes on the codebooks' device: "native" (the C++ kernel)
+        or "torch" (``beam_search_torch``); both give the same codes."""
+        return search_backend(self.codebooks.device, self.num_stages, self.codebook_size,
+                              self.beam_width)
+
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, beam_width={self.beam_width}"
+        return (f"{super().extra_repr()}, beam_width={self.beam_width}, "
+                f"search={self.search_backend!r}")
 
-    def _elements_per_row(self) -> int:
-        # per vector: the (B, MK) candidates, and at most (B*M)² codeword comparisons
+    def _elements_per_row(self, stages: int) -> int:
+        total = stages * self.codebook_size
+        if search_backend(self.codebooks.device, stages, self.codebook_size,
+                          self.beam_width) == "native":  # per vector: its (nK,) errors
+            return total
+        # per vector: the (B, nK) candidates, and at most (B*n)² codeword comparisons
         # between beams in ``_drop_repeated_sets``
-        beams = min(self.beam_width, len(self.codebooks))
-        return max(beams * len(self.codebooks), (beams * self.num_stages) ** 2)
+        beams = min(self.beam_width, total)
+        return max(beams * total, (beams * stages) ** 2)
 
-    def _tables(self, dtype):
-        codewords = self.codebooks.detach().to(dtype)  # (MK, D)
-        norms, cross = cross_table(codewords, self.num_stages)  # (MK,), (MK, MK)
+    def _tables(self, dtype, stages):
+        # the first n codebooks: rows 0 ... n*K - 1
+        codewords = self.codebooks.detach()[:stages * self.codebook_size].to(dtype)  # (nK, D)
+        norms, cross = cross_table(codewords, stages)  # (nK,), (nK, nK)
         return codewords, norms, cross
 
-    def _encode_chunk(self, x, tables):
+    def _encode_chunk(self, x, tables, stages):
+        """The beam search over the first ``stages`` codebooks only."""
         codewords, norms, cross = tables
-        return beam_search(x, codewords, norms, cross, self.num_stages, self.beam_width)
+        return beam_search(x, codewords, norms, cross, stages, self.beam_width)
 
     def _stage_table(self, stage):
         entries = self.codebook_size
@@ -117,15 +133,41 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
 
     Returns:
         (N, M) int64, the index within each codebook, ordered by codebook.
+
+    The native kernel runs where ``search_backend`` says so, else ``beam_search_torch``;
+    both give the same codes.
     """
-    n, stages, total = len(x), num_stages, len(codewords)
-    entries = total // stages
-    # error of adding codeword j to an empty tuple, less the constant ||x||², (N, MK);
+    # error of adding codeword j to an empty tuple, less the constant ||x||², (N, MK)
+    base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
+    if search_backend(x.device, num_stages, len(codewords) // num_stages,
+                      beam_width) == "native":  # NaN and inf are never among its best
+        return native.avq_beam_search(base, cross, num_stages, beam_width)
     # non-finite input (allowed with check_finite=False) must not outrank the +inf that
     # keeps used codebooks out, so its errors are clamped to finite values
-    base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
-    base = torch.nan_to_num(base, nan=_HUGE, posinf=_HUGE, neginf=-_HUGE)
+    base = torch.nan_to_num_(base, nan=_HUGE, posinf=_HUGE, neginf=-_HUGE)
+    return beam_search_torch(base, cross, num_stages, beam_width)
 
+
+def search_backend(device: torch.device, num_stages: int, entries: int,
+                   beam_width: int) -> str:
+    """Which beam search runs for tensors on ``device``: "native" (the C++ kernel of
+    ``stochastic_vq_core.native``, on a CPU where it could be built, for searches of the
+    sizes it takes) or "torch"."""
+    if (device.type == "cpu" and native.takes(num_stages, entries, beam_width)
+            and native.available()):
+        return "native"
+    return "torch"
+
+
+def beam_search_torch(base: torch.Tensor, cross: torch.Tensor, num_stages: int,
+                      beam_width: int) -> torch.Tensor:
+    """``beam_search`` in plain torch, batched over the vectors: the readable reference
+    of the native kernel and the search on devices it does not cover.
+
+    base: (N, M*K) ``||c_j||² - 2 <x, c_j>``, finite; cross: as in ``beam_search``.
+    """
+    n, stages, total = len(base), num_stages, len(cross)
+    entries = total // stages
     error, chosen = k_smallest(base, min(beam_width, total))  # (N, B) ascending
     # a large search keeps its (N, B, MK) tables in three buffers that take turns, each
     # allocated once: freed blocks this large go back to the system (glibc), and every new
@@ -134,13 +176,13 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     for _ in range(2, stages):
         most = min(beam_width, most * total)
     size = n * most * total
-    crossed_buffer, spare, added = (x.new_empty(size) if size >= _BUFFERED else None
+    crossed_buffer, spare, added = (base.new_empty(size) if size >= _BUFFERED else None
                                     for _ in range(3))
     # (N, B, MK): Σ_tuple <c_i, c_j> for every codeword j, inf if j's codebook is used
     crossed = _gather_rows(cross, chosen, crossed_buffer)
     path = chosen.unsqueeze(2)  # (N, B, t) codewords of each tuple, best tuple first
     beams = chosen.shape[1]
-    rows = torch.arange(0, n * beams, beams, device=x.device).unsqueeze(1)  # (N, 1) first beam
+    rows = torch.arange(0, n * beams, beams, device=base.device).unsqueeze(1)  # (N, 1) first beam
 
     for step in range(1, stages):
         # error of extending tuple b by codeword j: e_b + ||c_j||² - 2<x,c_j> + 2Σ_i<c_i,c_j>
@@ -166,7 +208,7 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
         crossed_buffer, spare = spare, crossed_buffer
         if chosen.shape[1] != beams:
             beams = chosen.shape[1]
-            rows = torch.arange(0, n * beams, beams, device=x.device).unsqueeze(1)
+            rows = torch.arange(0, n * beams, beams, device=base.device).unsqueeze(1)
 
     # the best tuple (N, M); codebook m owns codewords m*K ... (m+1)*K - 1, so sorting
     # puts them in codebook order
@@ -210,8 +252,12 @@ def _drop_repeated_sets(candidate_error: torch.Tensor, path: torch.Tensor) -> No
                 == codewords.view(1, size, n, beams, 1)).any(dim=1)
         missing = ~held
         better = torch.ones(beams, beams, dtype=torch.bool, device=path.device).tril_(-1)
-        one_apart = (missing.sum(dim=0) == 1) & better  # (N, B, A), only a < b
-        swapped_in = (codewords.unsqueeze(2) * missing).sum(dim=0)  # a's codeword b lacks
+        # (N, B, A), only a < b; counted in int8, not converted to int64
+        one_apart = (missing.sum(dim=0, dtype=torch.int8) == 1) & better
+        swapped_in = path[:, :, 0].unsqueeze(2)  # (N, B, A): a's codeword b lacks, where one
+        for position in range(size):  # a selection, no int64 x bool products
+            swapped_in = torch.where(missing[position], codewords[position].unsqueeze(1),
+                                     swapped_in)
         column = torch.where(one_apart, swapped_in, path[:, :, 0].unsqueeze(2))
     candidate_error.scatter_(2, column, float("inf"))  # column (N, B, A): beam b's codeword
 

@@ -26,7 +26,8 @@ class PVQ(VectorQuantizer):
         **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
             ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
             or "diveq"), ``diveq_noise`` (with "diveq"), ``codebook_update`` ("gradient",
-            the paper's, or "ema": moving averages) and ``ema_decay`` (with "ema").
+            the paper's, or "ema": moving averages), ``ema_decay`` (with "ema"),
+            ``channel_first``.
 
     The parameter ``codebooks`` has shape (M, K, D/M).
     The optimizer learns it through the estimator's gradient (``codebook_update=
@@ -45,15 +46,18 @@ class PVQ(VectorQuantizer):
         self.codebooks = self._uniform_codebooks(
             (num_stages, self.codebook_size, self.sub_dim), device)
 
-    def _elements_per_row(self) -> int:
+    _needs_all_stages = ("its codebooks code different parts of the vector, so a code needs "
+                         "all of them")
+
+    def _elements_per_row(self, stages: int) -> int:
         return self.num_stages * self.codebook_size
 
-    def _tables(self, dtype):
+    def _tables(self, dtype, stages):
         # (M, K, d), the entries in first_argmin's order
         codebooks = search_layout(self.codebooks.detach().to(dtype), 1)
         return codebooks.transpose(1, 2), codebooks.pow(2).sum(-1).unsqueeze(1)  # (M,d,K), (M,1,K)
 
-    def _encode_chunk(self, x, tables):
+    def _encode_chunk(self, x, tables, stages):
         codebooks_t, norms = tables
         parts = x.reshape(len(x), self.num_stages, self.sub_dim).transpose(0, 1)  # (M, N, d)
         # ||p - c||² - ||p||² for all subspaces in one batched product, (M, N, K)
@@ -73,7 +77,7 @@ class PVQ(VectorQuantizer):
 
     def _decode(self, codes):
         """The chosen codewords side by side, (N, D), differentiable in ``codebooks``."""
-        return self._gather_codewords(codes).view(len(codes), self.data_dim)
+        return self._gather_codewords(codes).flatten(1)
 
     @torch.no_grad()
     def search_tables(self, queries: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ class RVQ(VectorQuantizer):
         **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
             ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
             or "diveq"), ``diveq_noise`` (with "diveq"), ``codebook_update`` ("gradient",
-            the paper's, or "ema": moving averages) and ``ema_decay`` (with "ema").
+            the paper's, or "ema": moving averages), ``ema_decay`` (with "ema"),
+            ``quantizer_dropout``, ``dropout_min_stages``, ``channel_first``.
 
     The parameter ``codebooks`` has shape (M, K, D).
     The optimizer learns it through the estimator's gradient (``codebook_update=
@@ -44,29 +45,32 @@ class RVQ(VectorQuantizer):
         self.codebooks = self._uniform_codebooks(
             (num_stages, self.codebook_size, data_dim), device)
 
-    def _elements_per_row(self) -> int:
+    def _elements_per_row(self, stages: int) -> int:
         return self.codebook_size
 
-    def _tables(self, dtype):
-        codebooks = self.codebooks.detach().to(dtype)  # (M, K, D)
-        laid_out = search_layout(codebooks, 1)  # (M, K, D), the entries in first_argmin's order
-        return codebooks, laid_out, laid_out.pow(2).sum(-1)  # (M, K, D), (M, K, D), (M, K)
+    def _tables(self, dtype, stages):
+        codebooks = self.codebooks.detach()[:stages].to(dtype)  # (n, K, D)
+        laid_out = search_layout(codebooks, 1)  # (n, K, D), the entries in first_argmin's order
+        return codebooks, laid_out, laid_out.pow(2).sum(-1)  # (n, K, D), (n, K, D), (n, K)
 
-    def _encode_chunk(self, x, tables):
+    def _encode_chunk(self, x, tables, stages):
+        """Stage by stage, the nearest codeword to what the stages before left: a stage's
+        choice never depends on the stages after it, so the first n codes of an M-stage
+        encode are the n-stage encode."""
         codebooks, laid_out, norms = tables
         residual = x.clone()  # (N, D)
         # one buffer each for the distances and the chosen codewords, reused by every stage
         distances = x.new_empty(len(x), self.codebook_size)  # (N, K)
         chosen = torch.empty_like(residual)  # (N, D)
         codes = []
-        for stage in range(self.num_stages):
+        for stage in range(stages):
             # ||r - c||² - ||r||² = ||c||² - 2 <r, c>, (N, K)
             torch.addmm(norms[stage], residual, laid_out[stage].t(), alpha=-2.0, out=distances)
             index = first_argmin(distances)  # (N,)
             codes.append(index)
-            if stage + 1 < self.num_stages:  # the last stage's residual is not needed
+            if stage + 1 < stages:  # the last stage's residual is not needed
                 residual -= torch.index_select(codebooks[stage], 0, index, out=chosen)
-        return torch.stack(codes, dim=1)  # (N, M)
+        return torch.stack(codes, dim=1)  # (N, n)
 
     def _codeword_targets(self, x, codes, quantized):
         """Each codeword's target is the residual its stage quantizes, x less the codewords

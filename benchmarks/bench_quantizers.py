@@ -12,7 +12,10 @@ Sections (each row measured in this run, the fastest of several repeats):
   3. RVQ/PVQ encode against faiss-cpu's ResidualQuantizer (beam 1, the same greedy
      search) and ProductQuantizer at the same configuration and thread count, the two
      timed in turns (skipped when faiss is not installed);
-  4. on CUDA: the distance-plus-argmin pass that bounds any encoder (one matrix product
+  4. AVQ's native beam search against its plain-torch reference (training steps at batch
+     64, encode at large batch) and faiss-cpu's ResidualQuantizer with the same beam and
+     its beam lookup tables, D = 128 and 64, the three timed in turns;
+  5. on CUDA: the distance-plus-argmin pass that bounds any encoder (one matrix product
      and an argmin over the same number of codewords) and peak memory of a large encode.
 """
 
@@ -21,13 +24,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stochastic_vq.methods import build_quantizer  # noqa: E402
+from stochastic_vq_core import native  # noqa: E402
 from stochastic_vq_core.paper import label  # noqa: E402
 
 
@@ -153,6 +159,60 @@ def section_faiss(args):
         report(label, f"{name} {stages}x{bits}b", f"{theirs / 1e6:.3f} M vectors/s {ratio}")
 
 
+def plain_torch(fn):
+    """``fn`` run with AVQ's plain-torch beam search, the reference of the native one."""
+    def run():
+        with mock.patch.object(native, "available", lambda: False):
+            return fn()
+    return run
+
+
+def section_avq(args):
+    """AVQ's native search against its plain-torch reference and faiss's
+    ResidualQuantizer with the same beam (its beam LUT on), at the same threads."""
+    if not native.available():
+        report("AVQ native search", native.status(), "skipped")
+        return
+    for (stages, bits, beam), steps in (((3, 5, 8), args.steps), ((4, 5, 16), args.steps)):
+        run = train_steps("avq", stages, bits, beam, "cpu", steps)
+        native_s, torch_s = timed_in_turns([run, plain_torch(run)], max(3, args.rounds // 4))
+        label = "train step, batch 64, D=128"
+        report(label, describe("avq", stages, bits, beam) + ", native",
+               f"{1e3 * native_s / steps:.3f} ms ({torch_s / native_s:.1f}x the torch search)")
+        report(label, describe("avq", stages, bits, beam) + ", torch",
+               f"{1e3 * torch_s / steps:.3f} ms")
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+        report("faiss comparison", "faiss-cpu not installed", "skipped")
+    batch, stages, bits, beam = (8192 if args.quick else 65536), 4, 8, 16
+    generator = torch.Generator().manual_seed(0)
+    for dim in (128, 64):
+        train = torch.randn(16384, dim, generator=generator)
+        x = torch.randn(batch, dim, generator=generator)
+        module = build("avq", stages, bits, dim, beam, "cpu").eval()
+        module.initialize_from_data(train)
+        encode = partial(module.encode, x)
+        functions = [encode, plain_torch(encode)]
+        if faiss is not None:
+            faiss.omp_set_num_threads(torch.get_num_threads())
+            reference = faiss.ResidualQuantizer(dim, stages, bits)
+            reference.max_beam_size = beam
+            reference.use_beam_LUT = 1
+            reference.train(train.numpy())
+            functions.append(partial(reference.compute_codes, x.numpy()))
+        with torch.no_grad():
+            rates = [batch / seconds for seconds in timed_in_turns(functions, 3)]
+        label = f"encode, batch {batch}, D={dim}, {torch.get_num_threads()} threads"
+        names = [describe("avq", stages, bits, beam) + ", native",
+                 describe("avq", stages, bits, beam) + ", torch",
+                 f"faiss ResidualQuantizer {stages}x{bits}b, beam {beam}, LUT"]
+        for name, rate in zip(names, rates):
+            ratio = f" (native: {rates[0] / rate:.1f}x)" if rate != rates[0] else ""
+            report(label, name, f"{rate / 1e6:.4f} M vectors/s{ratio}")
+
+
 def section_cuda(args):
     batch = 8192 if args.quick else 65536
     x = torch.randn(batch, 128, device="cuda")
@@ -194,8 +254,8 @@ def main(argv=None) -> None:
                         choices=["default", "reduce-overhead", "max-autotune"],
                         help="wrap the modules in torch.compile(mode=...) for the training-step "
                              "rows; reduce-overhead replays CUDA graphs on a GPU")
-    parser.add_argument("--sections", default="train,encode,faiss,cuda",
-                        help="comma-separated subset of train, encode, faiss, cuda")
+    parser.add_argument("--sections", default="train,encode,faiss,avq,cuda",
+                        help="comma-separated subset of train, encode, faiss, avq, cuda")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
@@ -217,6 +277,8 @@ def main(argv=None) -> None:
         section_encode(args)
     if "faiss" in sections and args.device == "cpu":
         section_faiss(args)
+    if "avq" in sections and args.device == "cpu":
+        section_avq(args)
     if "cuda" in sections and args.device == "cuda":
         section_cuda(args)
 

@@ -1,6 +1,7 @@
 """Reproduce the paper's experiments: one sub-command per figure, results into output/.
 
     python reproduce.py fig1 [--data DIR]  # speech codec: PESQ, weighted SNR vs kbit/s
+                                           # (--write-audio DIR: the decoded speech)
     python reproduce.py fig2 [--quick]     # MSE vs bitrate, correlated and uncorrelated, D = 64
     python reproduce.py fig3 [--quick]     # MSE vs bitrate, uncorrelated, D = 64, 128, 256
     python reproduce.py fig4 [--quick]     # VQ-VAE on 32x32 images: SSIM, peak SNR vs bitrate
@@ -52,7 +53,8 @@ DATA_FIGURES = ("fig1", "fig4", "fig5", "fig6a")  # the figures that read --data
 ESTIMATOR_FIGURES = ("fig1", "fig4")  # the figures that take --estimator
 BITS_FIGURES = ("fig2", "fig3", "fig4", "point")  # the figures that take --bits
 # optional module (from the "experiments" extra) each figure needs: (module, package)
-OPTIONAL_MODULES = {"fig1": (("pesq", "pesq"), ("soundfile", "soundfile")),
+OPTIONAL_MODULES = {"fig1": (("pesq", "pesq"), ("soundfile", "soundfile"),
+                             ("constriction", "constriction"), ("scipy", "scipy")),
                     "fig4": (("skimage", "scikit-image"),)}
 DEFAULT_OUT = Path("output", "reproduce")  # + the figure's name
 
@@ -96,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "the values bundled with the library (from the original "
                              "repository's Results/), with DIR the published JSON files "
                              "in that folder")
+    parser.add_argument("--write-audio", type=Path, default=None, metavar="DIR",
+                        help="fig1: write, per test utterance, the original and every "
+                             "method's decoded speech at every bitrate (first seed) as "
+                             "16-bit WAV files, beside the codec's files, into DIR")
     parser.add_argument("--estimator", choices=ESTIMATORS, default=DEFAULT_ESTIMATOR,
                         help="fig1, fig4: the quantizers' training-mode estimator, recorded "
                              "in the files' Settings (default: nsvq, the paper's)")
@@ -124,6 +130,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--bits applies to {', '.join(BITS_FIGURES)} only, not {args.figure}")
     if args.data is not None and args.figure not in (*DATA_FIGURES, "all"):
         parser.error(f"--data applies to {', '.join(DATA_FIGURES)} only, not {args.figure}")
+    if args.write_audio is not None and args.figure not in ("fig1", "all"):
+        parser.error(f"--write-audio applies to fig1 only, not {args.figure}")
     if args.estimator != DEFAULT_ESTIMATOR and args.figure not in (*ESTIMATOR_FIGURES, "all"):
         parser.error(f"--estimator applies to {', '.join(ESTIMATOR_FIGURES)} only, "
                      f"not {args.figure}")
@@ -166,7 +174,7 @@ def check_packages(parser: argparse.ArgumentParser, figures: tuple[str, ...]) ->
 def check_data(parser: argparse.ArgumentParser, args: argparse.Namespace,
                figures: tuple[str, ...]) -> None:
     """Fail unless the figures that read ``--data`` can read it, and fig1 without it its
-    default speech (before any run)."""
+    default speech (before any run; fig1 reads the speech it will code)."""
     if args.data is None:
         if "fig1" in figures:
             try:
@@ -176,7 +184,8 @@ def check_data(parser: argparse.ArgumentParser, args: argparse.Namespace,
         return
     try:
         if "fig1" in figures:
-            speech_data.speaker_split(args.data)
+            preset = preset_for("fig1", args)
+            speech_data.load_speech(args.data, preset.train_seconds, preset.test_utterances)
         if "fig4" in figures:
             image_experiment.load_images(args.data)
         if "fig5" in figures or "fig6a" in figures:
@@ -206,7 +215,7 @@ def run_figure(figure: str, args: argparse.Namespace,
     out = args.out if args.out is not None else DEFAULT_OUT / figure
     if figure == "fig1":
         return speech_experiment.run_fig1(preset, out, settings, args.data, args.jobs,
-                                          published, args.estimator)
+                                          published, args.estimator, args.write_audio)
     if figure in ("fig2", "fig3"):
         run = {"fig2": mse_experiment.run_fig2, "fig3": mse_experiment.run_fig3}[figure]
         return run(preset, out, settings, args.jobs, published)

@@ -14,14 +14,20 @@ the envelope quantizer differs between the methods. Per 20 ms frame at 16 kHz:
         half the RMS the model expects there (noise filling), times weighting and step,
         inverse MDCT with overlap-add
     the global step: the finest of 512 (9 bits, 1/32 octave apart) whose frame fits the
-        budget (rate control: a binary search per frame, then a bit reservoir)
+        budget (rate control: a binary search per frame on the model's ideal lengths,
+        then the range coder's own count and a bit reservoir)
 
-A frame costs ``bitrate · 20 ms`` bits (envelope + gain + step + spectrum) plus the bits
-the frames before it left unused, at most RESERVOIR_BITS (as MP3's bit reservoir), so
-the bits of any run of frames stay within their budget.
-The spectrum's bits are the ideal code length ``Σ -log2 P(q)`` under that model (which
-the decoder knows: it has ĝ, ŝ and the step), rounded up, plus 2 bits, the most an
-arithmetic coder adds to the ideal length of a message; no arithmetic coder runs.
+A frame costs at most ``bitrate · 20 ms`` bits (envelope + gain + step + spectrum) plus
+the bits the frames before it left unused, at most RESERVOIR_BITS (as MP3's bit
+reservoir), so the bits of any run of frames stay within their budget. Every bit is range
+coded (``stochastic_vq.speech_bitstream``: constriction's range coder) into one stream
+per signal: per frame the gain, the envelope codes and the step as uniform symbols
+(exactly 7, log2 K per codebook and 9 bits), then the spectrum's magnitudes under that
+model (which the decoder knows: it has ĝ, ŝ and the step), TABLE_MAGNITUDES values and an
+escape to the next ones per table, then one bit per non-zero sign. Rate control counts
+the coder's own bits (``RangeWriter.bits``), reserving the stream's final word from the
+start; the file adds an 8-byte header. ``SpeechCodec.read`` recovers the frames from the
+file alone.
 
 γ (``shaping``) sets the noise shaping: 1 makes the coding noise follow the envelope
 (the same SNR in every band), 0 makes it white within a frame (the most SNR); codecs
@@ -29,7 +35,8 @@ weight in between. The gain is always divided out, so every frame has the same b
 and the same relative accuracy, like a constant-bitrate codec's.
 
 With ``envelope_quantizer=None`` the envelope shape is used unquantized (its 16 bits are
-still reserved), which measures what the codec costs apart from the envelope VQ.
+still written, as zeros), which measures what the codec costs apart from the envelope VQ;
+its decoder must be given the shape, which the stream cannot carry.
 """
 
 from __future__ import annotations
@@ -38,7 +45,17 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
+
+from stochastic_vq.speech_bitstream import (
+    SEAL_BITS,
+    WORD_BITS,
+    RangeReader,
+    RangeWriter,
+    read_file,
+    write_file,
+)
 
 SAMPLE_RATE = 16_000
 HOP = 320  # N: 20 ms frame step
@@ -47,14 +64,14 @@ BANDS = 16
 ENVELOPE_BITS = 16  # reserved for an unquantized envelope; a quantizer's own bits otherwise
 GAIN_BITS, GAIN_STEP_DB, GAIN_FLOOR_DB = 7, 1.0, -100.0
 STEP_BITS, STEPS_PER_OCTAVE, FINEST_STEP_OCTAVES = 9, 32, -4.0
-CODER_BITS = 2  # an arithmetic coder's most bits above the ideal code length
 ROUNDING = 0.3  # q = sign(y) floor(|y| + 0.3): the zero cell is |y| < 0.7
 ESCAPE = 1 / 256  # the entropy model's share of its wide component (see ``mixture``)
+TABLE_MAGNITUDES = 15  # |q| values per coding table; one more symbol escapes to the next
 SHAPING = 0.5  # γ: noise shaping by the envelope
 NOISE_FILL = 0.5  # zero coefficients decode to noise of this share of their expected RMS
 RESERVOIR_BITS = 24  # most unused bits carried on to the next frame
 RESERVOIR_STEPS = 24  # finer step indices than a frame's own budget allows, tried with them
-CHUNK = 256  # frames whose candidate steps are coded at once
+CHUNK = 256  # frames whose candidate steps' ideal lengths are computed at once
 NOISE_SEED = 0  # of the decoder's noise filling: decoding is deterministic
 ENERGY_FLOOR = 10 ** (GAIN_FLOOR_DB / 10)  # mean square of a silent band
 
@@ -82,9 +99,14 @@ def mdct_basis(hop: int = HOP, support: int = WINDOW_SUPPORT) -> torch.Tensor:
     return low_overlap_window(hop, support)[:, None] * cosines
 
 
+def frame_count(length: int, hop: int = HOP) -> int:
+    """T = ceil(L / hop) + 1: the MDCT frames that code L samples."""
+    return math.ceil(length / hop) + 1
+
+
 def mdct(signal: torch.Tensor, hop: int = HOP) -> torch.Tensor:
-    """(T, hop) float64 MDCT of a (L,) signal, T = ceil(L / hop) + 1 frames."""
-    frames = math.ceil(len(signal) / hop) + 1
+    """(T, hop) float64 MDCT of a (L,) signal, T = ``frame_count(L)`` frames."""
+    frames = frame_count(len(signal), hop)
     padded = torch.zeros((frames + 1) * hop, dtype=torch.float64)
     padded[hop:hop + len(signal)] = signal
     return padded.unfold(0, 2 * hop, hop) @ mdct_basis(hop)  # (T, 2*hop) @ (2*hop, hop)
@@ -157,6 +179,13 @@ def laplace_log_prob(q: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return torch.where(magnitude == 0, zero, other)
 
 
+def mixture_log_prob(q: torch.Tensor, beta: torch.Tensor, wide: torch.Tensor) -> torch.Tensor:
+    """Natural log of P(q) under the Laplacian of scale ``beta`` with probability
+    1 - ESCAPE and the one of scale ``wide`` with probability ESCAPE (broadcast)."""
+    return torch.logaddexp(math.log1p(-ESCAPE) + laplace_log_prob(q, beta),
+                           math.log(ESCAPE) + laplace_log_prob(q, wide))
+
+
 def mixture(q: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
                                                            torch.Tensor]:
     """The entropy coder's model of q (..., HOP) given the envelope's scales ``beta``:
@@ -166,13 +195,36 @@ def mixture(q: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     scale, P(main component | q's cell)), each (..., HOP)."""
     wide = beta.amax(dim=-1, keepdim=True).expand_as(beta)
     main = math.log1p(-ESCAPE) + laplace_log_prob(q, beta)
-    log_p = torch.logaddexp(main, math.log(ESCAPE) + laplace_log_prob(q, wide))
+    log_p = mixture_log_prob(q, beta, wide)
     return log_p, wide, torch.exp(main - log_p)
 
 
 def code_length(q: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """Ideal bits ``-Σ log2 P(q)`` over the last axis of q (..., HOP) under ``mixture``."""
-    return -mixture(q, beta)[0].sum(dim=-1) / math.log(2)
+    wide = beta.amax(dim=-1, keepdim=True)
+    return -mixture_log_prob(q, beta, wide).sum(dim=-1) / math.log(2)
+
+
+def tail_log_prob(start: int, beta: torch.Tensor, wide: torch.Tensor) -> torch.Tensor:
+    """Natural log of P(|q| >= start), start >= 1, under ``mixture_log_prob``: the
+    Laplacians' tails ``exp(-(start - 0.3) / scale)``, mixed."""
+    return torch.logaddexp(math.log1p(-ESCAPE) - (start - ROUNDING) / beta,
+                           math.log(ESCAPE) - (start - ROUNDING) / wide)
+
+
+def magnitude_table(beta: torch.Tensor, wide: torch.Tensor, level: int) -> torch.Tensor:
+    """(n, TABLE_MAGNITUDES + 1) float64: the range coder's distribution of |q| in the
+    ``level``-th table, for bins of scales ``beta`` (n,) in a frame of widest scale
+    ``wide`` (0-dim): given |q| >= s = level * TABLE_MAGNITUDES, column j < 15 is
+    P(|q| = s + j) and the last column P(|q| >= s + 15), the escape to the next table.
+    The tables' probabilities multiply to the model's P(q) / 2 for q != 0 (the sign's bit
+    completes it) and to P(0) for q = 0."""
+    start = level * TABLE_MAGNITUDES
+    magnitude = torch.arange(start, start + TABLE_MAGNITUDES, dtype=torch.float64)  # (15,)
+    log_cell = (mixture_log_prob(magnitude, beta[:, None], wide)
+                + math.log(2) * (magnitude > 0))  # (n, 15): both signs of |q|
+    log_rest = tail_log_prob(start + TABLE_MAGNITUDES, beta, wide)[:, None]  # (n, 1)
+    return torch.softmax(torch.cat([log_cell, log_rest], dim=1), dim=1)
 
 
 def reconstruct(q: torch.Tensor, beta: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -202,15 +254,18 @@ def zero_cell_rms(beta: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Frames:
-    """A coded signal: what the decoder receives (codes, indices) and what it cost."""
+    """A coded signal: what the decoder receives (codes, indices), what it cost, and the
+    file that carries it."""
 
     codes: torch.Tensor | None  # (T, M) envelope codes; None for an unquantized envelope
     shape: torch.Tensor  # (T, BANDS) the decoded envelope shape in dB
     gain: torch.Tensor  # (T,) int64 gain indices
     step: torch.Tensor  # (T,) int64 step indices
     spectrum: torch.Tensor  # (T, HOP) int64 quantized coefficients
-    bits: torch.Tensor  # (T,) float64 bits of each frame, measured
     length: int  # samples of the coded signal
+    bits: torch.Tensor | None = None  # (T,) float64 the range coder's bits per frame
+    ideal_bits: torch.Tensor | None = None  # (T,) float64 the model's -Σ log2 P per frame
+    stream: bytes | None = None  # the file: header and range-coded words
 
 
 class SpeechCodec:
@@ -225,9 +280,13 @@ class SpeechCodec:
         if envelope_quantizer is not None and envelope_quantizer.data_dim != BANDS:
             raise ValueError(f"envelope_quantizer must quantize {BANDS}-dimensional "
                              f"vectors, got data_dim={envelope_quantizer.data_dim}")
+        codes = ([2] * ENVELOPE_BITS if envelope_quantizer is None
+                 else [envelope_quantizer.codebook_size] * envelope_quantizer.num_stages)
+        # the uniform symbols that open a frame: gain, envelope codes (or padding), step
+        self.side_sizes = np.array([2**GAIN_BITS, *codes, 2**STEP_BITS], np.int32)
         self.envelope_bits = (ENVELOPE_BITS if envelope_quantizer is None
                               else envelope_quantizer.bits_per_vector)
-        self.side_bits = self.envelope_bits + GAIN_BITS + STEP_BITS + CODER_BITS
+        self.side_bits = self.envelope_bits + GAIN_BITS + STEP_BITS
         self.frame_bits = bitrate * 1000 * HOP / SAMPLE_RATE
         if not self.frame_bits > self.side_bits:
             raise ValueError(f"bitrate must leave bits for the spectrum: above "
@@ -245,10 +304,17 @@ class SpeechCodec:
             return None, shape
         device = self.quantizer.codebooks.device
         codes = self.quantizer.encode(shape.to(device, torch.float32))  # (T, M)
-        return codes.cpu(), self.quantizer.decode(codes).cpu().double()
+        return codes.cpu(), self.decode_envelope(codes.cpu())
+
+    @torch.no_grad()
+    def decode_envelope(self, codes: torch.Tensor) -> torch.Tensor:
+        """(T, BANDS) float64 envelope shapes of codes (T, M)."""
+        device = self.quantizer.codebooks.device
+        return self.quantizer.decode(codes.to(device)).cpu().double()
 
     def encode(self, signal: torch.Tensor) -> Frames:
-        """Code a (L,) signal in [-1, 1] at the codec's bitrate (see the module's docstring)."""
+        """Code a (L,) signal in [-1, 1] at the codec's bitrate (see the module's docstring)
+        into a file (``Frames.stream``) and the frames it holds."""
         if signal.dim() != 1:
             raise ValueError(f"signal must be one channel of samples (L,), got shape "
                              f"{tuple(signal.shape)}")
@@ -257,20 +323,42 @@ class SpeechCodec:
         gain_index = ((gain - GAIN_FLOOR_DB) / GAIN_STEP_DB).round().clamp(0, 2**GAIN_BITS - 1)
         codes, decoded_shape = self.quantize_envelope(shape)
         weights, beta_steps = self._model(gain_index, decoded_shape)
-        step = self._rate_control(x / weights, beta_steps)
-        y = x / (weights * step_size(step)[:, None])
-        q = quantize(y)
-        spectrum_bits = code_length(q, beta_steps / step_size(step)[:, None]).ceil()
-        bits = spectrum_bits + CODER_BITS + GAIN_BITS + STEP_BITS + self.envelope_bits
-        return Frames(codes, decoded_shape, gain_index.long(), step, q.long(), bits,
-                      len(signal))
+        y = x / weights  # (T, HOP)
+        writer, steps, spectra, bits = self._rate_control(y, beta_steps, gain_index.long(),
+                                                          codes, decoded_shape)
+        step = torch.tensor(steps, dtype=torch.long)  # (T,)
+        q = torch.stack(spectra)  # (T, HOP) as coded
+        words = writer.words()
+        bits[-1] += WORD_BITS * len(words) - writer.bits()  # the seal: the last word(s)
+        ideal = code_length(q, beta_steps / step_size(step)[:, None]) + self.side_bits
+        return Frames(codes, decoded_shape, gain_index.long(), step, q.long(), len(signal),
+                      torch.tensor(bits, dtype=torch.float64), ideal,
+                      write_file(len(signal), words))
+
+    def read(self, stream: bytes, shape: torch.Tensor | None = None) -> Frames:
+        """The frames of a file ``encode`` wrote (``Frames.stream``), from the file alone;
+        ``shape`` (T, BANDS): the envelope, needed only when it is unquantized."""
+        if (self.quantizer is None) != (shape is not None):
+            raise ValueError("shape must be given exactly when the envelope is unquantized "
+                             "(the stream carries no unquantized envelope)")
+        length, words = read_file(stream)
+        reader = RangeReader(words)
+        sides, spectra = [], []
+        for t in range(frame_count(length)):
+            side = torch.from_numpy(reader.uniform(self.side_sizes).astype(np.int64))
+            row = shape[t:t + 1] if shape is not None else self.decode_envelope(side[None, 1:-1])
+            beta = self._coding_scales(side[:1], row, int(side[-1]))
+            sides.append(side)
+            spectra.append(self._read_spectrum(reader, beta))
+        side = torch.stack(sides)  # (T, 2 + M)
+        codes = None if shape is not None else side[:, 1:-1]
+        decoded = shape if shape is not None else self.decode_envelope(codes)
+        return Frames(codes, decoded, side[:, 0], side[:, -1], torch.stack(spectra), length,
+                      stream=stream)
 
     def decode(self, frames: Frames) -> torch.Tensor:
         """The (L,) float64 signal that ``frames`` describe."""
-        shape = frames.shape
-        if frames.codes is not None:
-            with torch.no_grad():
-                shape = self.quantizer.decode(frames.codes).cpu().double()
+        shape = frames.shape if frames.codes is None else self.decode_envelope(frames.codes)
         weights, beta_steps = self._model(frames.gain.double(), shape)
         steps = step_size(frames.step)[:, None]  # (T, 1)
         generator = torch.Generator().manual_seed(NOISE_SEED)
@@ -288,22 +376,98 @@ class SpeechCodec:
         rms = to_bins(10 ** ((gain[:, None] + shape) / 20)) / weights
         return weights, rms / math.sqrt(2)  # a Laplacian of scale β has RMS β·√2
 
-    def _rate_control(self, y: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        """(T,) int64 step indices: per frame the finest whose spectrum fits the budget plus
-        the bits the earlier frames left (a reservoir of at most RESERVOIR_BITS)."""
+    def _coding_scales(self, gain_index: torch.Tensor, shape: torch.Tensor,
+                       step: int) -> torch.Tensor:
+        """(HOP,) the model's scales in steps for one frame, from its gain index (1,),
+        decoded shape (1, BANDS) and step index, computed the same way by encoder and
+        decoder (the range coder needs bit-identical tables on both sides)."""
+        beta = self._model(gain_index.double(), shape)[1][0]  # (HOP,)
+        return beta / step_size(torch.tensor([step]))
+
+    def _rate_control(self, y: torch.Tensor, beta: torch.Tensor, gain_index: torch.Tensor,
+                      codes: torch.Tensor | None, shape: torch.Tensor
+                      ) -> tuple[RangeWriter, list[int], list[torch.Tensor], list[float]]:
+        """Range-code the frames of y = x / weights (T, HOP), each with the finest step
+        whose frame fits its budget plus the bits the earlier frames left (a reservoir of
+        at most RESERVOIR_BITS; the stream's seal is reserved first), as the coder counts
+        them. Returns (the writer, the step indices, the quantized spectra (HOP,) and the
+        coder's bits, per frame).
+
+        The model's ideal lengths of RESERVOIR_STEPS + 1 candidates per frame guide the
+        search: candidates whose ideal spectrum does not fit are skipped, the others
+        coded finest first until one fits; when none does, coarser steps follow."""
+        candidates, estimates = self._step_candidates(y, beta)
+        writer, carry, budget = RangeWriter(), -SEAL_BITS, math.floor(self.frame_bits)
+        steps, spectra, bits, before = [], [], [], 0  # an empty stream has 0 bits
+        for t in range(len(y)):
+            allowed = before + budget + carry
+            envelope = ([0] * ENVELOPE_BITS if codes is None else codes[t].tolist())
+            row = shape[t:t + 1] if codes is None else self.decode_envelope(codes[t:t + 1])
+            room = allowed - before - self.side_bits
+            for step in self._trial_steps(candidates[t], estimates[t], room):
+                trial = writer.clone()
+                q = quantize(y[t] / step_size(torch.tensor(step)))  # (HOP,)
+                self._write_frame(trial, [int(gain_index[t]), *envelope, step], q,
+                                  self._coding_scales(gain_index[t:t + 1], row, step))
+                if trial.bits() <= allowed:
+                    break
+            writer = trial
+            steps.append(step)
+            spectra.append(q)
+            bits.append(float(writer.bits() - before))
+            before = writer.bits()
+            carry = min(allowed - before, RESERVOIR_BITS)
+        return writer, steps, spectra, bits
+
+    def _step_candidates(self, y: torch.Tensor, beta: torch.Tensor
+                         ) -> tuple[list[list[int]], list[list[float]]]:
+        """Per frame RESERVOIR_STEPS + 1 step indices, finest first, ending with the finest
+        whose spectrum's ideal length fits the frame's own budget, and those lengths."""
         budget = math.floor(self.frame_bits) - self.side_bits
         nominal = self._fitting_steps(y, beta, budget)  # (T,)
         candidates = (nominal[:, None] - torch.arange(RESERVOIR_STEPS, -1, -1)).clamp(min=0)
         steps = step_size(candidates)[..., None]  # (T, W, 1)
-        table = torch.cat([code_length(quantize(yc[:, None] / s), bc[:, None] / s).ceil()
+        table = torch.cat([code_length(quantize(yc[:, None] / s), bc[:, None] / s)
                            for yc, bc, s in zip(y.split(CHUNK), beta.split(CHUNK),
                                                 steps.split(CHUNK))])  # (T, W)
-        chosen, carry = [], 0.0
-        for row, bits in zip(candidates.tolist(), table.tolist()):  # finest first
-            pick = next((i for i, b in enumerate(bits) if b <= budget + carry), len(bits) - 1)
-            chosen.append(row[pick])
-            carry = min(budget + carry - bits[pick], RESERVOIR_BITS)
-        return torch.tensor(chosen, dtype=torch.long)
+        return candidates.tolist(), table.tolist()
+
+    @staticmethod
+    def _trial_steps(candidates: list[int], estimates: list[float], room: float) -> list[int]:
+        """The steps to try, in order: the candidates whose ideal spectrum fits ``room``,
+        finest first, then every coarser step from the last candidate on."""
+        fitting = [c for c, e in zip(candidates, estimates) if e <= room]
+        return list(dict.fromkeys([*fitting, *range(candidates[-1], 2**STEP_BITS)]))
+
+    def _write_frame(self, writer: RangeWriter, side: list[int], q: torch.Tensor,
+                     beta: torch.Tensor) -> None:
+        """Append one frame: its side symbols, then the magnitudes of q (HOP,) table by
+        table under ``magnitude_table`` of the scales ``beta`` (HOP,), then the signs."""
+        writer.uniform(np.array(side), self.side_sizes)
+        magnitude, wide = q.abs().long(), beta.amax()
+        rows, level = torch.arange(HOP), 0
+        while len(rows):
+            rest = magnitude[rows] - level * TABLE_MAGNITUDES
+            writer.categorical(rest.clamp(max=TABLE_MAGNITUDES).numpy(),
+                               magnitude_table(beta[rows], wide, level).numpy())
+            rows, level = rows[rest >= TABLE_MAGNITUDES], level + 1
+        negative = (q[q != 0] < 0).long().numpy()
+        writer.uniform(negative, np.full(len(negative), 2))
+
+    @staticmethod
+    def _read_spectrum(reader: RangeReader, beta: torch.Tensor) -> torch.Tensor:
+        """(HOP,) int64 q that ``_write_frame`` wrote after the side symbols."""
+        magnitude, wide = torch.zeros(HOP, dtype=torch.long), beta.amax()
+        rows, level = torch.arange(HOP), 0
+        while len(rows):
+            rest = torch.from_numpy(reader.categorical(
+                magnitude_table(beta[rows], wide, level).numpy()).astype(np.int64))
+            magnitude[rows] += rest
+            rows, level = rows[rest == TABLE_MAGNITUDES], level + 1
+        nonzero = magnitude != 0
+        negative = torch.from_numpy(reader.uniform(np.full(int(nonzero.sum()), 2)) == 1)
+        sign = torch.ones(int(nonzero.sum()), dtype=torch.long).masked_fill(negative, -1)
+        return magnitude.masked_scatter(nonzero, magnitude[nonzero] * sign)
 
     @staticmethod
     def _fitting_steps(y: torch.Tensor, beta: torch.Tensor, budget: int) -> torch.Tensor:

@@ -92,3 +92,29 @@ def voiced(seconds: float, f0: float, seed: int) -> torch.Tensor:
     harmonics = sum(np.sin(k * phase) / k for k in range(1, int(7000 / (1.1 * f0))))
     syllables = 0.5 * (1 - np.cos(2 * np.pi * 2 * t))
     return torch.from_numpy(0.1 * harmonics * syllables + 0.003 * rng.standard_normal(len(t)))
+
+
+def write_speech_tree(root: Path, files: dict[str, float]) -> Path:
+    """Write each ``{relative path: f0}`` as 0.6 s of ``voiced`` 16-bit speech (the suffix
+    picks WAV or FLAC) under ``root``; returns root."""
+    import soundfile
+
+    for number, (name, f0) in enumerate(files.items()):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(path, voiced(0.6, f0, number).numpy(), SAMPLE_RATE, subtype="PCM_16")
+    return root
+
+
+LIBRISPEECH_SPEAKERS = ("19", "26", "32", "39", "40", "60")
+
+
+def librispeech_tree(root: Path, subset: str = "train-clean-100",
+                     speakers: tuple[str, ...] = LIBRISPEECH_SPEAKERS,
+                     per_speaker: int = 2) -> Path:
+    """LibriSpeech's layout, SUBSET/speaker/chapter/speaker-chapter-utterance.flac, of
+    short generated utterances (chapter 198); returns root."""
+    return write_speech_tree(root, {
+        f"{subset}/{speaker}/198/{speaker}-198-{utterance:04d}.flac":
+            100.0 + 15 * number + 5 * utterance
+        for number, speaker in enumerate(speakers) for utterance in range(per_speaker)})

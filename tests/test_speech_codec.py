@@ -1,12 +1,14 @@
 """The speech codec of Figure 1: MDCT, band layout, entropy model, bit counting, rate control."""
 
 import math
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from helpers import voiced
+from stochastic_vq import speech_bitstream as bitstream
 from stochastic_vq import speech_codec as codec
 from stochastic_vq.methods import build_quantizer
 from stochastic_vq.speech_experiment import PUBLISHED_BITRATES, envelope_shapes
@@ -15,6 +17,12 @@ from stochastic_vq.speech_experiment import PUBLISHED_BITRATES, envelope_shapes
 @pytest.fixture(scope="module")
 def speech() -> torch.Tensor:
     return voiced(1.5, 140.0, 0)
+
+
+@pytest.fixture
+def coder():
+    """Skips a test that runs the range coder where constriction is not installed."""
+    pytest.importorskip("constriction")
 
 
 def test_window_is_low_overlap_and_meets_princen_bradley():
@@ -99,7 +107,26 @@ def test_code_length_is_the_mixture_model_ideal_length():
     assert float(codec.code_length(sample, beta)) == pytest.approx(expected)
 
 
-def test_frame_bits_add_up_and_the_envelope_costs_its_code_length(speech):
+@pytest.mark.parametrize("beta, wide", [(0.05, 0.05), (0.8, 6.0), (4.0, 40.0)])
+def test_magnitude_tables_multiply_to_the_model(beta, wide):
+    """The range coder's tables (15 magnitudes and an escape each, one bit for a sign) give
+    every q the model's own probability: their product is exp(mixture_log_prob)."""
+    q = torch.tensor([0, 1, -2, 14, 15, -16, 29, 31, 47, -100], dtype=torch.float64)
+    scales, wide = torch.full_like(q, beta), torch.tensor(wide, dtype=torch.float64)
+    coded = torch.zeros_like(q)  # log of the product of the tables' probabilities
+    for level in range(int(q.abs().max()) // codec.TABLE_MAGNITUDES + 1):
+        table = codec.magnitude_table(scales, wide, level)  # (10, 16)
+        torch.testing.assert_close(table.sum(dim=1), torch.ones_like(q))
+        rest = q.abs() - level * codec.TABLE_MAGNITUDES
+        symbol = rest.clamp(0, codec.TABLE_MAGNITUDES).long()
+        picked = table.gather(1, symbol[:, None])[:, 0].log()
+        coded += torch.where(rest >= 0, picked, torch.zeros_like(q))
+    coded += torch.where(q != 0, math.log(0.5), 0.0)  # the sign bit
+    expected = codec.mixture_log_prob(q, scales, wide)
+    torch.testing.assert_close(coded, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_frame_bits_are_the_streams_and_near_the_ideal_code_length(speech, coder):
     torch.manual_seed(0)
     quantizer = build_quantizer("rvq", 4, 4, codec.BANDS, check_finite=False)
     quantizer.initialize_from_data(envelope_shapes([speech]))
@@ -107,26 +134,110 @@ def test_frame_bits_add_up_and_the_envelope_costs_its_code_length(speech):
     assert speech_codec.envelope_bits == 16 and speech_codec.frame_bits == 264
     frames = speech_codec.encode(speech)
     assert frames.codes.shape == (len(frames.bits), 4) and int(frames.codes.max()) < 16
-    y = codec.mdct(speech)  # recount the spectrum's bits from what the decoder receives
+    header = 8 * bitstream.HEADER.size
+    assert float(frames.bits.sum()) == 8 * len(frames.stream) - header  # whole 32-bit words
+    assert (len(frames.stream) - bitstream.HEADER.size) % 4 == 0
+    y = codec.mdct(speech)  # recount the ideal bits from what the decoder receives
     weights, beta = speech_codec._model(frames.gain.double(), frames.shape)
     steps = codec.step_size(frames.step)[:, None]
-    assert codec.quantize(y / (weights * steps)).equal(frames.spectrum.double())
-    spectrum = codec.code_length(frames.spectrum.double(), beta / steps).ceil()
-    side = 16 + codec.GAIN_BITS + codec.STEP_BITS + codec.CODER_BITS
-    torch.testing.assert_close(frames.bits, spectrum + side)
+    assert codec.quantize(y / weights / steps).equal(frames.spectrum.double())
+    side = 16 + codec.GAIN_BITS + codec.STEP_BITS
+    ideal = codec.code_length(frames.spectrum.double(), beta / steps) + side
+    torch.testing.assert_close(frames.ideal_bits, ideal)
+    # the range coder's own bits: near the ideal, at most the seal word and a small
+    # share of a bit per frame above it
+    excess = float(frames.bits.sum() - ideal.sum())
+    assert -1 < excess <= bitstream.SEAL_BITS + 0.1 * len(ideal)
+    assert bool(((frames.bits[:-1] - ideal[:-1]).abs() < 4).all())
+
+
+@pytest.mark.parametrize("method", ["avq", "rvq", "pvq", None])
+def test_the_stream_alone_decodes_bit_exactly(speech, coder, method):
+    quantizer = None
+    if method is not None:
+        quantizer = build_quantizer(method, 4, 4, codec.BANDS, check_finite=False, beam_width=4)
+        quantizer.initialize_from_data(envelope_shapes([speech]))
+        quantizer.eval()
+    speech_codec = codec.SpeechCodec(9.6, quantizer)
+    frames = speech_codec.encode(speech)
+    stream = bytes(frames.stream)  # nothing but the file travels
+    # a fresh codec with the same quantizer: the decoder's side of the channel
+    receiver = codec.SpeechCodec(9.6, quantizer)
+    read = receiver.read(stream, shape=None if quantizer else frames.shape)
+    for name in ("gain", "step", "spectrum", *(("codes",) if quantizer else ())):
+        assert getattr(read, name).equal(getattr(frames, name)), name
+    assert read.length == len(speech) and read.shape.equal(frames.shape)
+    assert receiver.decode(read).equal(speech_codec.decode(frames))
+
+
+@pytest.mark.parametrize("position", [10, 40, 200])
+def test_a_changed_stream_is_refused_or_decodes_to_other_frames(speech, coder, position):
+    speech_codec = codec.SpeechCodec(8.0)
+    frames = speech_codec.encode(speech)
+    words = bytearray(frames.stream)
+    words[bitstream.HEADER.size + position] ^= 0xFF  # one byte of the coded frames
+    try:
+        read = speech_codec.read(bytes(words), shape=frames.shape)
+    except ValueError as error:
+        assert str(error).startswith("stream is corrupt")
+    else:
+        assert not read.spectrum.equal(frames.spectrum)
+
+
+@pytest.mark.parametrize("stream, match", [
+    (b"RIFF" + bytes(12), "stream must be a speech codec file"),
+    (b"SVQ1", "stream must be a speech codec file"),
+    (b"SVQ1" + bytes(6), "whole 32-bit words"),
+])
+def test_a_stream_that_is_not_a_codec_file_is_refused(stream, match, coder):
+    with pytest.raises(ValueError, match=match):
+        codec.SpeechCodec(8.0).read(stream, shape=torch.zeros(2, codec.BANDS))
+
+
+def test_read_needs_the_shape_exactly_for_an_unquantized_envelope(speech, coder):
+    frames = codec.SpeechCodec(8.0).encode(speech)
+    with pytest.raises(ValueError, match="shape must be given exactly when"):
+        codec.SpeechCodec(8.0).read(frames.stream)
+
+
+def test_rate_control_counts_the_coders_bits(speech, coder, monkeypatch):
+    """Make the coder dearer than the model (20 padding bits per frame): rate control,
+    counting what the coder wrote, still keeps every prefix of the stream in budget,
+    where counting the model's ideal lengths would overrun by 20 bits a frame."""
+    write = codec.SpeechCodec._write_frame
+
+    def padded(self, writer, side, q, beta):
+        write(self, writer, side, q, beta)
+        writer.uniform(np.zeros(20, np.int32), np.full(20, 2, np.int32))
+
+    monkeypatch.setattr(codec.SpeechCodec, "_write_frame", padded)
+    frames = codec.SpeechCodec(8.0).encode(speech)
+    assert float(frames.bits.sum()) <= 160 * len(frames.bits)
+    assert float((frames.bits - frames.ideal_bits).mean()) > 19  # the padding is counted
+    frame_count = torch.arange(1, len(frames.bits) + 1, dtype=torch.float64)
+    assert bool((frames.bits.cumsum(0) <= frame_count * 160).all())
+
+
+def test_missing_constriction_names_the_extra(speech, monkeypatch):
+    monkeypatch.setitem(sys.modules, "constriction", None)  # as if not installed
+    with pytest.raises(ModuleNotFoundError, match=r'constriction: pip install "\.\[experiments\]"'):
+        codec.SpeechCodec(8.0).encode(speech)
 
 
 @pytest.mark.parametrize("bitrate", PUBLISHED_BITRATES)
-def test_rate_control_hits_the_target(speech, bitrate):
+def test_rate_control_hits_the_target(speech, coder, bitrate):
     speech_codec = codec.SpeechCodec(bitrate)
     bits = speech_codec.encode(speech).bits  # (T,)
     budget = bitrate * 20  # bits per 20 ms frame
     assert float(bits.mean()) == pytest.approx(budget, rel=0.02)
     frames = torch.arange(1, len(bits) + 1, dtype=torch.float64)
     assert bool((bits.cumsum(0) <= frames * budget).all())  # never more than the budget
+    # the stream sealed after any frame (its final word or two) would fit too
+    spent = bits.cumsum(0)[:-1] + bitstream.SEAL_BITS
+    assert bool((spent <= frames[:-1] * budget).all())
 
 
-def test_quality_rises_with_the_bitrate_and_decoding_is_deterministic(speech):
+def test_quality_rises_with_the_bitrate_and_decoding_is_deterministic(speech, coder):
     errors = []
     for bitrate in (8.0, 16.4, 32.0):
         speech_codec = codec.SpeechCodec(bitrate)

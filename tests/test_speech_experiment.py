@@ -1,97 +1,26 @@
-"""Figure 1: reading speech folders, the speaker split, and a tiny run end to end."""
+"""Figure 1: a tiny run end to end, its files, its command line's errors and its statistics."""
 
 import json
 import sys
 
 import numpy as np
 import pytest
-import torch
 
-from helpers import voiced
+from helpers import librispeech_tree
 from stochastic_vq import reproduce, speech_data, speech_experiment
 from stochastic_vq.figures import SETTINGS_KEY
 
 soundfile = pytest.importorskip("soundfile")
 
-# LibriSpeech's layout: SUBSET/speaker/chapter/speaker-chapter-utterance.flac
-SPEAKERS = ("19", "26", "32", "39", "40", "60")
 
-
-def librispeech_tree(root, seconds: float = 0.6, per_speaker: int = 2):
-    """A LibriSpeech-style tree of short generated utterances; returns its root."""
-    for number, speaker in enumerate(SPEAKERS):
-        folder = root / "train-clean-100" / speaker / "198"
-        folder.mkdir(parents=True)
-        for utterance in range(per_speaker):
-            signal = voiced(seconds, 100.0 + 15 * number + 5 * utterance, number)
-            soundfile.write(folder / f"{speaker}-198-{utterance:04d}.flac", signal.numpy(),
-                            16000, subtype="PCM_16")
-    return root
-
-
-def test_speaker_split_holds_out_every_fifth_speaker_and_interleaves(tmp_path):
-    train, test = speech_data.speaker_split(librispeech_tree(tmp_path))
-    speaker = lambda path: path.name.split("-")[0]
-    assert {speaker(p) for p in test} == {"40"}  # the 5th in sorted order
-    assert {speaker(p) for p in train} == set(SPEAKERS) - {"40"}
-    assert [speaker(p) for p in train[:5]] == ["19", "26", "32", "39", "60"]  # first files
-    assert len(train) + len(test) == 2 * len(SPEAKERS)
-
-
-def test_read_audio_gives_the_samples(tmp_path):
-    signal = voiced(0.3, 120.0, 0)
-    soundfile.write(tmp_path / "a.wav", signal.numpy(), 16000, subtype="FLOAT")
-    torch.testing.assert_close(speech_data.read_audio(tmp_path / "a.wav"), signal)
-
-
-def test_flat_folder_makes_each_file_its_own_speaker(tmp_path):
-    for i in range(3):
-        soundfile.write(tmp_path / f"take{i}.wav", np.zeros(1600), 16000)
-    train, test = speech_data.speaker_split(tmp_path)
-    assert [p.name for p in train] == ["take0.wav", "take1.wav"]
-    assert [p.name for p in test] == ["take2.wav"]  # at least one speaker held out
-
-
-def test_load_speech_stops_at_the_training_seconds(tmp_path):
-    train, test = speech_data.load_speech(librispeech_tree(tmp_path), train_seconds=1.0,
-                                          test_utterances=1)
-    assert len(train) == 2 and len(test) == 1  # 0.6 s each: two files reach 1 s
-
-
-@pytest.mark.parametrize("make, message", [
-    (lambda root: root / "absent", "is not a folder"),
-    (lambda root: root, "at least 2 speakers"),
-])
-def test_unusable_folders_are_named(make, message, tmp_path):
-    soundfile.write(tmp_path / "only.wav", np.zeros(160), 16000)
-    with pytest.raises(ValueError, match=message):
-        speech_data.speaker_split(make(tmp_path))
-
-
-def test_wrong_rate_and_broken_files_are_named(tmp_path):
-    soundfile.write(tmp_path / "narrow.wav", np.zeros(800), 8000)
-    with pytest.raises(ValueError, match="narrow.wav is sampled at 8000 Hz"):
-        speech_data.read_audio(tmp_path / "narrow.wav")
-    (tmp_path / "broken.flac").write_bytes(b"not audio")
-    with pytest.raises(ValueError, match="cannot read audio file .*broken.flac"):
-        speech_data.read_audio(tmp_path / "broken.flac")
-
-
-def test_missing_soundfile_names_the_extra(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "soundfile", None)  # as if not installed
-    with pytest.raises(ModuleNotFoundError, match=r'pip install "\.\[experiments\]"'):
-        speech_data.read_audio(tmp_path / "a.wav")
-
-
-def test_missing_debian_speech_names_the_packages(monkeypatch, tmp_path):
-    monkeypatch.setattr(speech_data, "DEBIAN_TEST", (tmp_path / "absent.wav",))
-    with pytest.raises(FileNotFoundError, match="apt-get install pocketsphinx-testdata "
-                                                "codec2-examples"):
-        speech_data.debian_split()
+def fig1_packages() -> None:
+    """Skip a test that runs fig1's command line without its optional packages."""
+    for module in ("pesq", "constriction", "scipy"):
+        pytest.importorskip(module)
 
 
 def test_missing_debian_speech_is_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
-    pytest.importorskip("pesq")
+    fig1_packages()
     monkeypatch.setattr(speech_data, "DEBIAN_TRAIN", (tmp_path / "absent.wav",))
     with pytest.raises(SystemExit) as info:
         reproduce.main(["fig1", "--tiny", "--out", str(tmp_path / "out")])
@@ -101,6 +30,7 @@ def test_missing_debian_speech_is_one_line_and_exit_2(monkeypatch, tmp_path, cap
 
 
 def test_unreadable_data_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    fig1_packages()
     with pytest.raises(SystemExit) as info:
         reproduce.main(["fig1", "--tiny", "--data", str(tmp_path / "absent"), "--out",
                         str(tmp_path / "out")])
@@ -117,15 +47,69 @@ def test_missing_pesq_names_the_extra_to_install(tmp_path, monkeypatch, capsys):
     assert 'pip install ".[experiments]"' in err
 
 
-def test_fig1_tiny_writes_the_published_schema(tmp_path, capsys):
-    pytest.importorskip("pesq")
-    out = tmp_path / "out"
+def test_missing_constriction_names_the_extra_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "constriction", None)  # as if not installed
+    with pytest.raises(SystemExit) as info:
+        reproduce.main(["fig1", "--tiny", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert "fig1 needs constriction" in err and 'pip install ".[experiments]"' in err
+
+
+def test_write_audio_is_refused_where_no_figure_writes_it(capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["fig2", "--tiny", "--write-audio", "somewhere"])
+    assert "--write-audio applies to fig1 only" in capsys.readouterr().err
+
+
+def test_paired_differences():
+    first = np.array([3.0, 2.5, 4.0, 3.5, 1.0])
+    second = np.array([2.0, 2.75, 3.0, 3.0, 1.0])
+    paired = speech_experiment.paired_differences(first, second)
+    difference = [1.0, -0.25, 1.0, 0.5, 0.0]
+    sd = float(np.std(difference, ddof=1))
+    assert paired["mean"] == pytest.approx(0.45) and paired["sd"] == pytest.approx(sd)
+    assert paired["se"] == pytest.approx(sd / 5**0.5)
+    half = 2.7764451051977987 * sd / 5**0.5  # Student's t, 97.5 %, 4 degrees of freedom
+    assert paired["interval"] == pytest.approx([0.45 - half, 0.45 + half])
+    assert paired["share higher"] == pytest.approx(0.6) and paired["n"] == 5  # ties: not
+    alone = speech_experiment.paired_differences(first[:1], second[:1])
+    assert alone["mean"] == 1.0 and alone["se"] is None and alone["interval"] is None
+
+
+def test_utterance_table_keeps_bitrate_seed_utterance_order():
+    """Per utterance: [bitrate][seed][utterance]; paired differences over the utterances'
+    means over seeds."""
+    preset = speech_experiment.PRESETS["tiny"]  # 2 bitrates
+    preset = speech_experiment.SpeechPreset(**{**preset.__dict__, "seeds": 2})
+    offset = {"avq": 0.5, "rvq": 0.25, "pvq": 0.0}
+
+    def score(method, seed, rate, utterance):
+        return 100 * rate + 10 * seed + utterance + offset[method] * (1 + utterance)
+
+    values = {(method, seed): {metric: [[score(method, seed, rate, u) for u in range(3)]
+                                        for rate in range(2)] for metric in ("pesq", "psnr")}
+              for method in offset for seed in range(2)}
+    table = speech_experiment.utterance_table(values, preset, ["a", "b", "c"])
+    assert table["Test utterances"] == ["a", "b", "c"]
+    assert table["Per utterance"]["RVQ"]["PESQ"][1][0] == [100 + 0.25, 101.5, 102.75]
+    assert table["Per utterance"]["PVQ"]["pSNR"][0][1] == [10.0, 11.0, 12.0]
+    paired = table["Paired differences"]["AVQ - PVQ"]["pSNR"][1]
+    assert paired["mean"] == pytest.approx(np.mean([0.5, 1.0, 1.5]))
+    assert paired["sd"] == pytest.approx(0.5) and paired["share higher"] == 1.0
+
+
+def test_fig1_tiny_writes_the_published_schema_and_the_decoded_speech(tmp_path, capsys):
+    fig1_packages()
+    out, audio = tmp_path / "out", tmp_path / "listen"
     reproduce.main(["fig1", "--tiny", "--data", str(librispeech_tree(tmp_path / "speech")),
-                    "--out", str(out), "--published"])
+                    "--out", str(out), "--published", "--write-audio", str(audio)])
     printed = capsys.readouterr().out
     assert "kbit/s spent" in printed and "unquantized envelope, mean PESQ" in printed
+    assert "AVQ - RVQ PESQ: 8: " in printed
+    panels = {}
     for name, metric in (("PESQ.json", "PESQ"), ("pSNR.json", "pSNR")):
-        panel = json.loads((out / name).read_text())
+        panel = panels[metric] = json.loads((out / name).read_text())
         assert panel["Metric"] == metric
         assert panel["Sampling Rate"] == ["8 kbits/sec", "32 kbits/sec"]
         for method in ("AVQ", "RVQ", "PVQ"):
@@ -141,4 +125,38 @@ def test_fig1_tiny_writes_the_published_schema(tmp_path, capsys):
         spent = measured[f"kbit/s spent ({method})"]
         for low, high, target in zip(spent["min"], spent["max"], (8, 32)):
             assert 0.98 * target <= low <= high <= target + 1e-9
+        file_rate = measured[f"kbit/s of the file ({method})"]  # more: header, edge frames
+        assert all(f > s for f, s in zip(file_rate["min"], spent["min"]))
     assert set(measured["Envelope LSD dB"]) == {"AVQ", "RVQ", "PVQ"}
+    for row in measured["Range coder over the ideal code length %"].values():
+        assert all(0 <= value < 2 for value in row)
+    # every utterance's scores: [bitrate][seed][utterance], their means the figure's
+    names = measured["Test utterances"]
+    assert names == ["train-clean-100_40_198_40-198-0000", "train-clean-100_40_198_40-198-0001"]
+    for metric, panel in panels.items():
+        for method in ("AVQ", "RVQ", "PVQ"):
+            scores = np.array(measured["Per utterance"][method][metric])
+            assert scores.shape == (2, 1, 2)
+            np.testing.assert_allclose(scores.mean(axis=(1, 2)), panel[f"Mean ({method})"])
+        for other in ("RVQ", "PVQ"):
+            paired = measured["Paired differences"][f"AVQ - {other}"][metric]
+            difference = np.array(measured["Per utterance"]["AVQ"][metric]) - np.array(
+                measured["Per utterance"][other][metric])
+            for row, rate in zip(paired, difference[:, 0]):
+                assert row["mean"] == pytest.approx(rate.mean()) and row["n"] == 2
+                assert row["share higher"] == pytest.approx(np.mean(rate > 0))
+    # the decoded speech: per utterance the reference and every method at every bitrate
+    for name in names:
+        folder = audio / name
+        reference = soundfile.info(str(folder / "reference.wav"))
+        assert (reference.samplerate, reference.subtype) == (16000, "PCM_16")
+        for method in ("AVQ", "RVQ", "PVQ", "unquantized"):
+            for rate in ("8", "32"):
+                info = soundfile.info(str(folder / f"{method}-{rate}kbps.wav"))
+                assert (info.samplerate, info.subtype) == (16000, "PCM_16")
+                assert info.frames == reference.frames
+                stream = (folder / f"{method}-{rate}kbps.svq").read_bytes()
+                assert stream.startswith(b"SVQ1")
+                seconds = reference.frames / 16000
+                assert 8 * len(stream) / seconds / 1000 < 1.1 * float(rate)
+    assert f"wrote {audio}" in printed

@@ -1,0 +1,706 @@
+// AVQ's beam search, one vector at a time, with the candidates' errors from tables.
+//
+// The same search as ``beam_search_torch`` in additive_vq.py, with the same floating-point
+// operations in the same order, so that both return the same codes (ties aside):
+//
+//   base[j]      = ||c_j||² - 2 <x, c_j>              (computed by the caller, (N, MK))
+//   cross[i][j]  = <c_i, c_j>                           ((MK, MK); the blocks of one
+//                                                        codebook are never read)
+//   sums_b[j]    = Σ_{i in beam b, in the order chosen} cross[i][j]
+//   candidate    = (base[j] + 2 sums_b[j]) + error_b    (error of beam b extended by j)
+//
+// A step keeps the ``beam_width`` smallest candidates over every beam and every codeword of
+// a codebook the beam has not used, leaving out a candidate whose set of codewords a
+// better beam also reaches (``Repeats``); the last step keeps the smallest. Candidates are
+// computed a SIMD register at a time and only their minima kept, from which a bound on
+// the step's beam_width-th best follows; a second pass over the runs that can hold
+// candidates within the bound finds them, and they are ranked (``Workspace``).
+//
+// Plain C++17 with a C interface, no torch headers: built on first use (a second or two)
+// and called through ctypes by ``stochastic_vq_core.native``.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+// Appends the lanes of v set in mask, and key + lane, to values and keys; returns how many.
+template <typename T>
+int append_lanes(const T* lanes, uint32_t mask, uint32_t key, T* values, uint32_t* keys) {
+  int n = 0;
+  for (; mask; mask &= mask - 1, ++n) {
+    const int lane = __builtin_ctz(mask);
+    values[n] = lanes[lane];
+    keys[n] = key + uint32_t(lane);
+  }
+  return n;
+}
+
+// One value at a time: the fallback for any machine and for codebooks shorter than a
+// SIMD register. The SIMD versions below have the same operations.
+template <typename T>
+struct Scalar {
+  using V = T;
+  static constexpr int width = 1;
+  static V load(const T* p) { return *p; }
+  static void store(T* p, V v) { *p = v; }
+  static V set(T v) { return v; }
+  // b + 2 s: 2 s is exact, so this rounds once, as a fused multiply-add would
+  static V twice_plus(V b, V s) { return b + (s + s); }
+  static V add(V a, V b) { return a + b; }
+  static V min(V v, V least) { return v < least ? v : least; }  // NaN v: least
+  static uint32_t at_most(V v, T limit) { return v <= limit; }  // NaN: 0
+  static T least(V v) { return v; }
+  static V blank(V v, uint32_t lanes) {  // NaN in the lanes set
+    return lanes & 1 ? std::numeric_limits<T>::quiet_NaN() : v;
+  }
+  static int append(V v, uint32_t mask, uint32_t key, T* values, uint32_t* keys) {
+    return append_lanes(&v, mask, key, values, keys);
+  }
+};
+
+#if defined(__AVX512F__)
+struct Floats {
+  using V = __m512;
+  static constexpr int width = 16;
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V set(float v) { return _mm512_set1_ps(v); }
+  static V twice_plus(V b, V s) { return _mm512_fmadd_ps(_mm512_set1_ps(2.0f), s, b); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V min(V v, V least) { return _mm512_min_ps(v, least); }  // MINPS: NaN v gives least
+  static uint32_t at_most(V v, float limit) {
+    return _mm512_cmp_ps_mask(v, _mm512_set1_ps(limit), _CMP_LE_OQ);
+  }
+  static float least(V v) { return _mm512_reduce_min_ps(v); }
+  static V blank(V v, uint32_t lanes) {
+    return _mm512_mask_mov_ps(v, __mmask16(lanes), _mm512_set1_ps(__builtin_nanf("")));
+  }
+  static int append(V v, uint32_t mask, uint32_t key, float* values, uint32_t* keys) {
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    _mm512_mask_compressstoreu_ps(values, __mmask16(mask), v);
+    _mm512_mask_compressstoreu_epi32(keys, __mmask16(mask),
+                                     _mm512_add_epi32(_mm512_set1_epi32(int(key)), lane));
+    return __builtin_popcount(mask);
+  }
+};
+struct Doubles {
+  using V = __m512d;
+  static constexpr int width = 8;
+  static V load(const double* p) { return _mm512_loadu_pd(p); }
+  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  static V set(double v) { return _mm512_set1_pd(v); }
+  static V twice_plus(V b, V s) { return _mm512_fmadd_pd(_mm512_set1_pd(2.0), s, b); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static V min(V v, V least) { return _mm512_min_pd(v, least); }
+  static uint32_t at_most(V v, double limit) {
+    return _mm512_cmp_pd_mask(v, _mm512_set1_pd(limit), _CMP_LE_OQ);
+  }
+  static double least(V v) { return _mm512_reduce_min_pd(v); }
+  static V blank(V v, uint32_t lanes) {
+    return _mm512_mask_mov_pd(v, __mmask8(lanes), _mm512_set1_pd(__builtin_nan("")));
+  }
+  static int append(V v, uint32_t mask, uint32_t key, double* values, uint32_t* keys) {
+    double lanes[8];
+    _mm512_storeu_pd(lanes, v);
+    return append_lanes(lanes, mask, key, values, keys);
+  }
+};
+#elif defined(__AVX2__)
+struct Floats {
+  using V = __m256;
+  static constexpr int width = 8;
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V set(float v) { return _mm256_set1_ps(v); }
+  static V twice_plus(V b, V s) { return _mm256_add_ps(b, _mm256_add_ps(s, s)); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V min(V v, V least) { return _mm256_min_ps(v, least); }  // MINPS: NaN v gives least
+  static uint32_t at_most(V v, float limit) {
+    return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(limit), _CMP_LE_OQ)));
+  }
+  static float least(V v) {
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+  }
+  static V blank(V v, uint32_t lanes) {
+    const __m256i bits = _mm256_set_epi32(128, 64, 32, 16, 8, 4, 2, 1);
+    const __m256i hit = _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32(int(lanes)), bits), bits);
+    return _mm256_blendv_ps(v, _mm256_set1_ps(__builtin_nanf("")), _mm256_castsi256_ps(hit));
+  }
+  static int append(V v, uint32_t mask, uint32_t key, float* values, uint32_t* keys) {
+    float lanes[8];
+    _mm256_storeu_ps(lanes, v);
+    return append_lanes(lanes, mask, key, values, keys);
+  }
+};
+struct Doubles {
+  using V = __m256d;
+  static constexpr int width = 4;
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static V set(double v) { return _mm256_set1_pd(v); }
+  static V twice_plus(V b, V s) { return _mm256_add_pd(b, _mm256_add_pd(s, s)); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V min(V v, V least) { return _mm256_min_pd(v, least); }
+  static uint32_t at_most(V v, double limit) {
+    return uint32_t(_mm256_movemask_pd(_mm256_cmp_pd(v, _mm256_set1_pd(limit), _CMP_LE_OQ)));
+  }
+  static double least(V v) {
+    __m128d m = _mm_min_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_min_sd(m, _mm_unpackhi_pd(m, m)));
+  }
+  static V blank(V v, uint32_t lanes) {
+    const __m256i bits = _mm256_set_epi64x(8, 4, 2, 1);
+    const __m256i hit = _mm256_cmpeq_epi64(
+        _mm256_and_si256(_mm256_set1_epi64x(int64_t(lanes)), bits), bits);
+    return _mm256_blendv_pd(v, _mm256_set1_pd(__builtin_nan("")), _mm256_castsi256_pd(hit));
+  }
+  static int append(V v, uint32_t mask, uint32_t key, double* values, uint32_t* keys) {
+    double lanes[4];
+    _mm256_storeu_pd(lanes, v);
+    return append_lanes(lanes, mask, key, values, keys);
+  }
+};
+#else
+using Floats = Scalar<float>;
+using Doubles = Scalar<double>;
+#endif
+
+template <typename T>
+using Simd = std::conditional_t<std::is_same<T, float>::value, Floats, Doubles>;
+
+// A value and a 32-bit position packed into one unsigned integer that orders as
+// (value, position).
+template <typename T>
+struct Packing;
+
+template <>
+struct Packing<float> {
+  using type = uint64_t;
+  static type pack(float value, uint32_t position) {
+    uint32_t u;
+    std::memcpy(&u, &value, sizeof u);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return type(u) << 32 | position;
+  }
+  static float value(type packed) {
+    uint32_t u = uint32_t(packed >> 32);
+    u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
+    float v;
+    std::memcpy(&v, &u, sizeof v);
+    return v;
+  }
+};
+
+template <>
+struct Packing<double> {
+  using type = unsigned __int128;
+  static type pack(double value, uint32_t position) {
+    uint64_t u;
+    std::memcpy(&u, &value, sizeof u);
+    u = (u >> 63) ? ~u : (u | uint64_t(1) << 63);
+    return type(u) << 32 | position;
+  }
+  static double value(type packed) {
+    uint64_t u = uint64_t(packed >> 32);
+    u = (u >> 63) ? (u & ~(uint64_t(1) << 63)) : ~u;
+    double v;
+    std::memcpy(&v, &u, sizeof v);
+    return v;
+  }
+};
+
+// How many of values[0 ... count) are <= limit (NaN: not counted).
+template <typename T>
+int count_at_most(const T* values, int count, T limit) {
+  using S = Simd<T>;
+  int n = 0, k = 0;
+  for (; k + S::width <= count; k += S::width)
+    n += __builtin_popcount(S::at_most(S::load(values + k), limit));
+  for (; k < count; ++k) n += values[k] <= limit;
+  return n;
+}
+
+// How many of items[0 ... count) are below item.
+inline int count_below(const uint64_t* items, int count, uint64_t item) {
+  int n = 0, k = 0;
+#if defined(__AVX512F__)
+  const __m512i x = _mm512_set1_epi64(int64_t(item));
+  for (; k + 8 <= count; k += 8)
+    n += __builtin_popcount(_mm512_cmplt_epu64_mask(_mm512_loadu_si512(items + k), x));
+#endif
+  for (; k < count; ++k) n += items[k] < item;
+  return n;
+}
+
+inline int count_below(const unsigned __int128* items, int count, unsigned __int128 item) {
+  int n = 0;
+  for (int k = 0; k < count; ++k) n += items[k] < item;
+  return n;
+}
+
+// The beams of one step.
+template <typename T>
+struct Beams {
+  Beams(int stages, int total, int most)
+      : path(size_t(most) * stages), error(most), used(most), sums(size_t(most) * total) {}
+
+  int count = 0;
+  std::vector<int32_t> path;   // (B, M) codewords of each beam, in the order chosen
+  std::vector<T> error;        // (B,) error of each beam, less ||x||²
+  std::vector<uint64_t> used;  // (B,) bit m: the beam holds a codeword of codebook m
+  std::vector<T> sums;         // (B, MK) cross sums of the beams (from step 2 on)
+};
+
+// Which extensions repeat a better beam's set: a bit matrix of B rows of MK, bit j of
+// row b set when beam b extended by codeword j holds the same set as an extension of a
+// better beam a (a < b). That is exactly when a holds all but one of b's codewords and j
+// (then a's set is b's with that one swapped for j); masks of the beams that hold each
+// codeword find those a. (A bit may fall in a codebook b uses: no such extension.)
+class Repeats {
+ public:
+  Repeats(int total, int most)
+      : words_((most + 63) / 64),
+        row_words_((total + 63) / 64),
+        holders_(size_t(total) * words_),
+        rows_(size_t(most) * row_words_),
+        marked_(most) {}
+
+  // Set the bits of the beams (count of them, size codewords each in path).
+  void find(const int32_t* path, int count, int size, int stages) {
+    if (size == 1) {  // single codewords: row b holds the codewords of beams 0 ... b - 1
+      for (int b = 1; b < count; ++b) {
+        uint64_t* row = this->row(b);
+        std::copy_n(this->row(b - 1), row_words_, row);
+        const int32_t c = path[size_t(b - 1) * stages];
+        row[c / 64] |= uint64_t(1) << (c % 64);
+        marked_[b] = 1;
+      }
+      return;
+    }
+    if (words_ == 1)  // up to 64 beams: the masks' loops of one word unrolled
+      find_sets<1>(path, count, size, stages);
+    else
+      find_sets<0>(path, count, size, stages);
+  }
+
+  // find's sets of two codewords or more, with masks of Words words (0: words_).
+  template <int Words>
+  void find_sets(const int32_t* path, int count, int size, int stages) {
+    const int words = Words ? Words : words_;
+    for (int b = 0; b < count; ++b)
+      for (int i = 0; i < size; ++i)
+        holders(path[size_t(b) * stages + i])[b / 64] |= uint64_t(1) << (b % 64);
+    std::vector<uint64_t> heap(Words ? 0 : 2 * words);
+    uint64_t one[2];
+    uint64_t* suspect = Words ? one : heap.data();
+    uint64_t* held = Words ? one + 1 : heap.data() + words;
+    for (int b = 1; b < count; ++b) {
+      const int32_t* mine = path + size_t(b) * stages;
+      for (int w = 0; w < words; ++w) suspect[w] = 0;
+      for (int out = 0; out < size; ++out) {  // beams holding all of b's codewords but one
+        for (int w = 0; w < words; ++w) held[w] = ~uint64_t(0);
+        for (int i = 0; i < size; ++i)
+          if (i != out)
+            for (int w = 0; w < words; ++w) held[w] &= holders(mine[i])[w];
+        for (int w = 0; w < words; ++w) suspect[w] |= held[w];
+      }
+      uint64_t* bits = row(b);
+      uint64_t first_word = bits[0], any = 0;  // in registers: no store-to-load chain
+      for (int w = 0; w <= (b - 1) / 64; ++w) {  // only better beams
+        uint64_t better = suspect[w];
+        if (w == b / 64) better &= (uint64_t(1) << (b % 64)) - 1;
+        for (; better; better &= better - 1) {
+          const int32_t* theirs = path + size_t(w * 64 + __builtin_ctzll(better)) * stages;
+          for (int i = 0; i < size; ++i) {  // the better beam's codeword that b lacks
+            const int32_t c = theirs[i];
+            const uint64_t lacked = ~holders(c)[b / 64] >> (b % 64) & 1;  // no branch
+            if (c < 64)
+              first_word |= lacked << c;
+            else
+              bits[c / 64] |= lacked << (c % 64);
+            any |= lacked;
+          }
+        }
+      }
+      bits[0] = first_word;
+      marked_[b] = uint8_t(any);
+    }
+    for (int b = 0; b < count; ++b)
+      for (int i = 0; i < size; ++i)
+        for (int w = 0; w < words; ++w) holders(path[size_t(b) * stages + i])[w] = 0;
+  }
+
+  // Row b (null if it has no bit set).
+  const uint64_t* marked(int b) const {
+    return marked_[b] ? rows_.data() + size_t(b) * row_words_ : nullptr;
+  }
+
+  // Unset every bit of rows 0 ... count - 1.
+  void clear(int count) {
+    for (int b = 0; b < count; ++b)
+      if (marked_[b]) {
+        std::fill_n(row(b), row_words_, 0);
+        marked_[b] = 0;
+      }
+  }
+
+ private:
+  uint64_t* holders(int32_t codeword) { return holders_.data() + size_t(codeword) * words_; }
+  uint64_t* row(int b) { return rows_.data() + size_t(b) * row_words_; }
+
+  int words_, row_words_;
+  std::vector<uint64_t> holders_;  // (MK, W) bit b: beam b holds the codeword
+  std::vector<uint64_t> rows_;     // (B, ceil(MK / 64))
+  std::vector<uint8_t> marked_;    // (B,) whether row b has a bit set
+};
+
+// A run of candidates in a step's buffer: buffer[first + k], k < length, is beam ``beam``
+// extended by codeword ``codeword + k``.
+template <typename T>
+struct Run {
+  int beam, first, length;  // codewords first ... first + length - 1
+  const T* sums;            // the beam's cross sums (MK,)
+  T error;                  // the beam's error
+};
+
+// The per-thread state of the search, and its selection of a step's best candidates.
+//
+// A step's candidates, beam b extended by codeword j, come in runs: a beam's whole row of
+// MK (short codebooks; the codebooks a beam uses then give +inf, from the cross table) or
+// one run per codebook a beam has not used. A run is computed a SIMD register at a time,
+// its repeated sets blanked to NaN, and only its lanes' running minima are kept: those of
+// run r are folded into slot r mod R of G = R * width group minima. The keep-th smallest
+// group minimum bounds the keep-th smallest candidate from above, since that many groups
+// (disjoint sets of candidates) each hold one no larger; the runs whose minimum is within
+// the bound are computed again to find the candidates within it, usually not many more
+// than keep, which are ranked. A candidate is known by its key, beam << shift | codeword,
+// which orders as (beam, codeword).
+template <typename T>
+struct Workspace {
+  using P = Packing<T>;
+  using S = Simd<T>;
+
+  Workspace(int stages, int entries, int most)
+      : stages(stages),
+        entries(entries),
+        total(stages * entries),
+        log_entries(__builtin_ctz(unsigned(entries))),
+        shift(32 - __builtin_clz(unsigned(total))),
+        by_codebook(entries >= 4 * S::width),
+        slots(std::max(1, (2 * most + S::width - 1) / S::width)),
+        beams{Beams<T>(stages, total, most), Beams<T>(stages, total, most)},
+        repeats(total, most),
+        zeros(total),
+        minima(size_t(slots) * S::width),
+        found_values(size_t(most) * total),
+        found_keys(size_t(most) * total),
+        items(size_t(most) * total) {}
+
+  // Begin a step: no runs, no group minimum.
+  void start() {
+    runs.clear();
+    run_minima.clear();
+    slot = 0;
+    std::fill(minima.begin(), minima.end(), std::numeric_limits<T>::infinity());
+  }
+
+  // A run of beam b over codewords first ... first + length - 1, their errors
+  // (base + 2 sums) + error folded into the group minima.
+  void fill(int b, int first, int length, const T* base, const T* sums, T error) {
+    const Run<T> run{b, first, length, sums, error};
+    T* group = minima.data() + slot * S::width;
+    slot = slot + 1 == slots ? 0 : slot + 1;
+    if (simd(run)) {
+      typename S::V least = S::set(std::numeric_limits<T>::infinity());
+      scan<S>(run, base, [&](int, typename S::V v) { least = S::min(v, least); });
+      S::store(group, S::min(least, S::load(group)));
+      run_minima.push_back(S::least(least));
+    } else {
+      T least = std::numeric_limits<T>::infinity();
+      scan<Scalar<T>>(run, base, [&](int, T v) { least = v < least ? v : least; });
+      group[0] = std::min(least, group[0]);
+      run_minima.push_back(least);
+    }
+    runs.push_back(run);
+  }
+
+  bool simd(const Run<T>& run) const {
+    return run.first % S::width == 0 && run.length % S::width == 0;
+  }
+
+  // Calls visit(j, v) for the run's codewords j, a register L::width at a time: v holds
+  // the errors of j ... j + width - 1, NaN where blanked.
+  template <typename L, typename Visit>
+  void scan(const Run<T>& run, const T* base, Visit visit) const {
+    constexpr uint32_t lanes = L::width == 32 ? ~0u : (1u << L::width) - 1;
+    const uint64_t* bits = repeats.marked(run.beam);
+    const typename L::V e = L::set(run.error);
+    for (int j = run.first; j < run.first + run.length; j += L::width) {
+      typename L::V v = L::add(L::twice_plus(L::load(base + j), L::load(run.sums + j)), e);
+      if (bits) {
+        const uint32_t hit = uint32_t(bits[j / 64] >> (j % 64)) & lanes;
+        if (hit) v = L::blank(v, hit);
+      }
+      visit(j, v);
+    }
+  }
+
+  // Appends each candidate <= limit to found (value and key), in order, leaving out those
+  // of the codebooks their beams use; runs whose minimum exceeds the limit are skipped.
+  // Returns how many.
+  int collect(const T* base, T limit, const Beams<T>& beams_now) {
+    int n = 0;
+    for (size_t r = 0; r < runs.size(); ++r) {
+      if (!(run_minima[r] <= limit)) continue;
+      const uint32_t key = uint32_t(runs[r].beam) << shift;
+      auto append = [&](auto lanes) {
+        using L = decltype(lanes);
+        scan<L>(runs[r], base, [&](int j, typename L::V v) {
+          const uint32_t mask = L::at_most(v, limit);
+          if (mask) n += L::append(v, mask, key | uint32_t(j), found_values.data() + n,
+                                   found_keys.data() + n);
+        });
+      };
+      if (simd(runs[r]))
+        append(S());
+      else
+        append(Scalar<T>());
+    }
+    if (!by_codebook && !(limit < std::numeric_limits<T>::infinity())) {  // +inf: used ones too
+      int kept = 0;
+      for (int i = 0; i < n; ++i) {
+        const uint64_t used = beams_now.used[beam_of(found_keys[i])];
+        if (used >> (codeword_of(found_keys[i]) >> log_entries) & 1) continue;
+        found_values[kept] = found_values[i];
+        found_keys[kept++] = found_keys[i];
+      }
+      n = kept;
+    }
+    return n;
+  }
+
+  // The keep-th smallest group minimum (ties alike): a bound on the keep-th candidate.
+  T bound(int keep) const {
+    T limit = std::numeric_limits<T>::infinity();
+    const int groups = int(minima.size());
+    for (int i = 0; i < groups; ++i) {
+      const bool enough = count_at_most(minima.data(), groups, minima[i]) >= keep;
+      limit = enough & (minima[i] < limit) ? minima[i] : limit;
+    }
+    return limit;
+  }
+
+  // The smallest ``keep`` candidates of the runs, ascending by (value, key), NaN and the
+  // codebooks their beams use left out, into chosen; returns how many.
+  int smallest(const T* base, int keep, const Beams<T>& beams_now) {
+    const int n = collect(base, bound(keep), beams_now);
+    for (int i = 0; i < n; ++i) items[i] = P::pack(found_values[i], found_keys[i]);
+    chosen.resize(keep + 1);  // the last entry takes every item ranked keep or later
+    for (int i = 0; i < n; ++i) {  // each item's rank (keys differ: no ties), by counting
+      const int rank = count_below(items.data(), n, items[i]);
+      chosen[rank < keep ? rank : keep] = items[i];
+    }
+    chosen.resize(std::min(n, keep));
+    return int(chosen.size());
+  }
+
+  int beam_of(uint32_t key) const { return int(key >> shift); }
+  int32_t codeword_of(uint32_t key) const { return int32_t(key & ((1u << shift) - 1)); }
+
+  const int stages, entries, total, log_entries, shift;
+  const bool by_codebook;  // runs of one codebook (long codebooks), else whole rows
+  const int slots;         // R
+  int slot = 0;            // the group slot of the next run
+  Beams<T> beams[2];
+  Repeats repeats;
+  std::vector<T> zeros;           // (MK,) the cross sums of the empty tuple
+  std::vector<Run<T>> runs;
+  std::vector<T> minima;          // (G,)
+  std::vector<T> run_minima;      // (runs,)
+  std::vector<T> found_values;    // (B * MK,) the candidates within the bound
+  std::vector<uint32_t> found_keys;     // (B * MK,)
+  std::vector<typename P::type> items;  // (B * MK,) the same, packed
+  std::vector<typename P::type> chosen;
+};
+
+// Calls visit(m) for each codebook m whose bit is not set in used.
+template <typename Visit>
+inline void each_open(uint64_t used, int stages, Visit visit) {
+  uint64_t open = ~used & (stages == 64 ? ~uint64_t(0) : (uint64_t(1) << stages) - 1);
+  for (; open; open &= open - 1) visit(__builtin_ctzll(open));
+}
+
+// out[k] = a[k] + b[k] for k < count.
+template <typename T>
+void add(const T* a, const T* b, int count, T* out) {
+  using S = Simd<T>;
+  int k = 0;
+  for (; k + S::width <= count; k += S::width)
+    S::store(out + k, S::add(S::load(a + k), S::load(b + k)));
+  for (; k < count; ++k) out[k] = a[k] + b[k];
+}
+
+// Codes (M,) of one vector, given its base row (MK,).
+template <typename T>
+void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
+                int64_t* codes) {
+  using P = Packing<T>;
+  const int stages = w.stages, entries = w.entries, total = w.total;
+
+  // step 0: the beam_width nearest codewords (the runs of an empty beam 0, in row 0)
+  Beams<T>* now = &w.beams[0];
+  now->used[0] = 0;
+  w.start();
+  for (int m = 0; m < (w.by_codebook ? stages : 1); ++m) {
+    const int first = w.by_codebook ? m * entries : 0;
+    w.fill(0, first, w.by_codebook ? entries : total, base, w.zeros.data(), T(0));
+  }
+  if (w.smallest(base, std::min(beam_width, total), *now) == 0)
+    w.chosen.assign(1, P::pack(T(0), 0));  // every distance NaN
+  now->count = int(w.chosen.size());
+  for (int b = 0; b < now->count; ++b) {
+    const int32_t c = w.codeword_of(uint32_t(w.chosen[b]));
+    now->error[b] = P::value(w.chosen[b]);
+    now->path[size_t(b) * stages] = c;
+    now->used[b] = uint64_t(1) << (c / entries);
+  }
+
+  for (int step = 1; step < stages; ++step) {
+    const bool last = step == stages - 1;
+    // the cross sums of beam b: the cross table's row while beams hold one codeword
+    auto sums_of = [&](int b) -> const T* {
+      return step == 1 ? cross + size_t(now->path[size_t(b) * stages]) * total
+                       : now->sums.data() + size_t(b) * total;
+    };
+    w.start();
+    if (!last)  // each set once, from the best beam that reaches it
+      w.repeats.find(now->path.data(), now->count, step, stages);
+    for (int b = 0; b < now->count; ++b) {  // every candidate: beam b extended by j
+      if (!w.by_codebook) {
+        w.fill(b, 0, total, base, sums_of(b), now->error[b]);
+        continue;
+      }
+      each_open(now->used[b], stages, [&](int m) {
+        w.fill(b, m * entries, entries, base, sums_of(b), now->error[b]);
+      });
+    }
+
+    if (last) {  // the smallest; ties: the smaller codeword, then the earlier beam
+      const int n = w.collect(base, *std::min_element(w.minima.begin(), w.minima.end()), *now);
+      int best_beam = -1, best_codeword = total;
+      for (int i = 0; i < n; ++i) {
+        const int32_t codeword = w.codeword_of(w.found_keys[i]);
+        if (codeword < best_codeword) {
+          best_beam = w.beam_of(w.found_keys[i]);
+          best_codeword = codeword;
+        }
+      }
+      if (best_beam < 0) {  // every candidate NaN: any open codebook of beam 0
+        best_beam = 0;
+        best_codeword = __builtin_ctzll(~now->used[0]) * entries;
+      }
+      const int32_t* parent = now->path.data() + size_t(best_beam) * stages;
+      for (int i = 0; i < step; ++i) codes[parent[i] / entries] = parent[i] % entries;
+      codes[best_codeword / entries] = best_codeword % entries;
+      return;
+    }
+
+    if (w.smallest(base, beam_width, *now) == 0)  // every candidate NaN: go on with beam 0
+      w.chosen.assign(1, P::pack(std::numeric_limits<T>::infinity(),
+                                 uint32_t(__builtin_ctzll(~now->used[0]) * entries)));
+    w.repeats.clear(now->count);
+
+    Beams<T>& next = w.beams[now == &w.beams[0] ? 1 : 0];
+    next.count = int(w.chosen.size());
+    for (int b = 0; b < next.count; ++b) {
+      const int parent = w.beam_of(uint32_t(w.chosen[b]));
+      const int32_t c = w.codeword_of(uint32_t(w.chosen[b]));
+      int32_t* to = next.path.data() + size_t(b) * stages;
+      std::copy_n(now->path.data() + size_t(parent) * stages, step, to);
+      to[step] = c;
+      next.error[b] = P::value(w.chosen[b]);
+      next.used[b] = now->used[parent] | uint64_t(1) << (c / entries);
+      // the new beam's cross sums (by codebook: over the codebooks it has not used)
+      const T* from = sums_of(parent);
+      const T* row = cross + size_t(c) * total;
+      T* out = next.sums.data() + size_t(b) * total;
+      if (!w.by_codebook) {
+        add(from, row, total, out);
+        continue;
+      }
+      each_open(next.used[b], stages, [&](int m) {
+        const int first = m * entries;
+        add(from + first, row + first, entries, out + first);
+      });
+    }
+    now = &next;
+  }
+  codes[0] = now->path[0];  // one codebook: the nearest codeword
+}
+
+// The most beams any step keeps: beam_width, or fewer when fewer sets of t codewords
+// (C(M, t) K^t of them) exist before the last step.
+int most_beams(int stages, int entries, int beam_width) {
+  int64_t most = 0;
+  double sets = 1.0;  // C(M, t) K^t, as a double: it may exceed any integer type
+  for (int t = 1; t < std::max(stages, 2); ++t) {
+    sets *= double(stages - t + 1) / t * entries;
+    most = std::max<int64_t>(most, int64_t(std::min<double>(sets, beam_width)));
+  }
+  return int(most);
+}
+
+template <typename T>
+void search_rows(const T* base, const T* cross, int64_t rows, int stages, int entries,
+                 int beam_width, int64_t* codes, int threads) {
+  const int total = stages * entries;
+  const int most = most_beams(stages, entries, beam_width);
+  auto run = [=](int64_t first, int64_t last) {
+    Workspace<T> w(stages, entries, most);
+    for (int64_t r = first; r < last; ++r)
+      search_one(w, base + r * total, cross, most, codes + r * stages);
+  };
+  if (threads <= 1 || rows < 2 * threads) {
+    run(0, rows);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const int64_t share = (rows + threads - 1) / threads;
+  for (int t = 1; t < threads; ++t) {
+    const int64_t first = t * share;
+    if (first < rows) pool.emplace_back(run, first, std::min(rows, first + share));
+  }
+  run(0, std::min(rows, share));
+  for (auto& thread : pool) thread.join();
+}
+
+}  // namespace
+
+extern "C" {
+
+// base (rows, M*K) and cross (M*K, M*K), row-major float32; codes (rows, M) int64 out.
+void avq_beam_search_f32(const float* base, const float* cross, int64_t rows, int stages,
+                         int entries, int beam_width, int64_t* codes, int threads) {
+  search_rows(base, cross, rows, stages, entries, beam_width, codes, threads);
+}
+
+void avq_beam_search_f64(const double* base, const double* cross, int64_t rows, int stages,
+                         int entries, int beam_width, int64_t* codes, int threads) {
+  search_rows(base, cross, rows, stages, entries, beam_width, codes, threads);
+}
+
+}  // extern "C"
