@@ -56,9 +56,8 @@ class AVQ(VectorQuantizer):
     The parameter ``codebooks`` has shape (M*K, D); codebook m owns rows
     ``m*K ... (m+1)*K - 1``.
     The optimizer learns it through the estimator's gradient (``codebook_update=
-    "gradient"``), or moving averages set it (``"ema"``; no gradient then): codebook after
-    codebook, each chosen codeword moves toward the input less the other chosen codewords
-    as they are at that moment (iterated conditional modes).
+    "gradient"``), or moving averages set it (``"ema"``; no gradient then): each chosen
+    codeword moves toward the input less the other chosen codewords.
     """
 
     title = "additive VQ (AVQ)"

@@ -72,6 +72,11 @@ class PVQ(VectorQuantizer):
         parts = x.reshape(len(x), self.num_stages, self.sub_dim)  # (N, M, D/M)
         return parts[:, :codes.shape[1]].unbind(dim=1)
 
+    def _ema_share(self, stages):
+        """The whole correction: each codebook quantizes its own part, so their errors do
+        not add up."""
+        return 1.0
+
     def _init_target(self, x, residual, stage):
         return x[:, stage * self.sub_dim:(stage + 1) * self.sub_dim]
 

@@ -31,9 +31,8 @@ class RVQ(VectorQuantizer):
 
     The parameter ``codebooks`` has shape (M, K, D).
     The optimizer learns it through the estimator's gradient (``codebook_update=
-    "gradient"``), or moving averages set it (``"ema"``; no gradient then): stage after
-    stage, each chosen codeword moves toward the residual its stage quantizes, computed
-    with the earlier stages' codewords as they have just moved.
+    "gradient"``), or moving averages set it (``"ema"``; no gradient then): each chosen
+    codeword moves toward the residual its stage quantized.
     """
 
     title = "residual VQ (RVQ)"
@@ -73,10 +72,9 @@ class RVQ(VectorQuantizer):
         return torch.stack(codes, dim=1)  # (N, n)
 
     def _codeword_targets(self, x, codes, quantized):
-        """Each codeword's target is the residual its stage quantizes, x less the codewords
+        """Each codeword's target is the residual its stage quantized, x less the codewords
         of the stages before it, (N, D) per stage: the k-means condition of the greedy
-        search. The earlier stages' codewords are taken as ``_ema_step`` has just moved
-        them, so a stage does not chase the residual of codewords that have moved on."""
+        search."""
         residual = x
         yield residual
         for stage in range(1, codes.shape[1]):

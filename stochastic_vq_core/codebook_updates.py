@@ -8,13 +8,17 @@ mean of its targets: ``count ← decay·count + (1 − decay)·n`` and ``sum ←
 target is what it should reconstruct given the codewords chosen with it: for AVQ, whose
 codewords are chosen jointly, the input less the other chosen codewords; for RVQ, whose
 stages choose one after another, the residual its stage quantized (the input less the
-codewords of the earlier stages); for PVQ its sub-vector. The codebooks move one after
-another, and a codebook's targets use the codewords of the codebooks that moved before
-it in the same step (iterated conditional modes): moving all at once toward targets of
-the old codewords corrects an error the vectors share once per codebook, which makes
-AVQ, and RVQ with small codebooks, diverge (docs/estimators.md). The codebooks then get
-no gradient; the estimator still trains what comes before the quantizer. A codeword
-unused in a batch keeps its place (its count and sum decay alike).
+codewords of the earlier stages); for PVQ its sub-vector. All codebooks move at once.
+
+Where the codebooks' errors add up (AVQ, RVQ), an error that the vectors share moves
+each of the n codewords of a vector by ``(1 − decay)`` of it, n times in all, which
+overshoots and diverges once ``n·(1 − decay) > 2``. Each codeword there takes
+``ema_relaxation(n, decay)`` of its correction (target less codeword): a shared error is
+then corrected ``min(1, n·(1 − decay))`` times per step, never more than once; where
+``n·(1 − decay) <= 1`` (the paper's four codebooks at the default decay) the update is
+the plain one. The codebooks then get no gradient; the estimator still trains what comes
+before the quantizer. A codeword unused in a batch keeps its place (its count and sum
+decay alike).
 """
 
 from __future__ import annotations
@@ -40,14 +44,20 @@ def check_codebook_update(update: str, decay) -> tuple[str, float]:
     return update, decay
 
 
+def ema_relaxation(stages: int, decay: float) -> float:
+    """The share of its correction that each codeword takes when ``stages`` codebooks
+    whose errors add up move at once: ``1 / max(1, stages·(1 − decay))``."""
+    return 1.0 / max(1.0, stages * (1.0 - decay))
+
+
 @torch.no_grad()
 def ema_update(rows: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor,
                codes: torch.Tensor, batch_sums: torch.Tensor, decay: float, reduce) -> None:
     """One moving-average step of the codewords, in place.
 
-    rows: (R, d) the codewords (one codebook, R = K, or several); counts: (R,) and sums:
-    (R, d) their running statistics; codes: (N, ...) rows chosen, as indices into the R
-    rows; batch_sums: (R, d) the sum of each row's targets (what it should reconstruct)
+    rows: (R, d) the codewords (of one or several codebooks); counts: (R,) and sums: (R, d)
+    their running statistics; codes: (N, ...) rows chosen, as indices into the R rows;
+    batch_sums: (R, d) the sum of each row's targets (what it should reconstruct)
     over the batch; ``reduce(tensor)`` sums a batch statistic over the processes that
     train together.
     """

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from stochastic_vq_core.codebook_updates import (
     DEFAULT_CODEBOOK_UPDATE,
     check_codebook_update,
+    ema_relaxation,
     ema_update,
     restart_statistics,
 )
@@ -83,12 +84,12 @@ class VectorQuantizer(nn.Module):
     - ``_stage_table(stage)``: a (K, d) view of one codebook (default: ``codebooks[stage]``);
 
     and may override ``_decode`` (the vector its chosen codewords stand for; default:
-    their sum), ``_codeword_targets`` (what each chosen codeword should reconstruct),
-    ``_replace`` (which rows one replacement pools), ``_init_target``
-    with ``_chained`` (what ``initialize_from_data`` fits each codebook to),
-    ``search_tables`` / ``table_distances`` (nearest-neighbour search by lookup) and
-    ``_needs_all_stages`` (why its codes need all M codebooks; None, the default, when
-    the first n codebooks code a vector at a lower rate).
+    their sum), ``_codeword_targets`` (what each chosen codeword should reconstruct) with
+    ``_ema_share`` (how much of its correction it takes), ``_replace`` (which rows one
+    replacement pools), ``_init_target`` with ``_chained`` (what ``initialize_from_data``
+    fits each codebook to), ``search_tables`` / ``table_distances`` (nearest-neighbour
+    search by lookup) and ``_needs_all_stages`` (why its codes need all M codebooks;
+    None, the default, when the first n codebooks code a vector at a lower rate).
 
     Keyword options (every subclass takes them):
         check_finite: reject NaN/Inf input (one host sync per call; turn off for speed).
@@ -107,8 +108,8 @@ class VectorQuantizer(nn.Module):
         codebook_update: how the codebooks learn: "gradient" (the paper's: by the
             optimizer, through the estimator) or "ema" (each training-mode forward moves
             every chosen codeword to the moving average of what it should reconstruct,
-            codebook after codebook, as k-means would; the codebooks then take no
-            gradient; see ``stochastic_vq_core.codebook_updates``).
+            as k-means would; the codebooks then take no gradient; see
+            ``stochastic_vq_core.codebook_updates``).
         ema_decay: the decay of those moving averages, in [0, 1) (default 0.8); given
             only with ``codebook_update="ema"``.
         quantizer_dropout: the share of training examples, each drawn independently,
@@ -622,40 +623,41 @@ class VectorQuantizer(nn.Module):
                             device=device)
 
     def _ema_step(self, x: torch.Tensor, codes: torch.Tensor, quantized: torch.Tensor) -> None:
-        """Move the codewords chosen for x (N, D) by codes (N, n), which decode to quantized
-        (N, D), toward their targets: the first n <= M codebooks, one after another.
+        """Move the codewords chosen for x (N, D) by codes (N, n) into the first n <= M
+        codebooks, which decode to quantized (N, D), toward their targets, all at once; a
+        codebook past n keeps its codewords and statistics.
 
-        Codebook s's targets are drawn after codebooks 0 ... s-1 moved, so they see the
-        earlier codebooks' new codewords (``_codeword_targets``); a codebook past n keeps
-        its codewords and statistics.
+        Each codeword moves toward its codeword plus ``_ema_share(n)`` of its correction
+        (target less codeword), so that an error the vectors share is not corrected n
+        times over where the codebooks' errors add up.
         """
-        sync = Sync(self.process_group)
-        entries = self.codebook_size
+        stages = codes.shape[1]
+        relaxation = self._ema_share(stages)
+        rows = codes + self._offsets(x.device)[:stages]  # (N, n) rows of _rows()
+        sums = torch.zeros_like(self.ema_sum)  # (MK, d) the batch's sum of targets per row
         targets = self._codeword_targets(x.detach(), codes, quantized.detach())
-        for stage, stage_targets in enumerate(targets):  # (N, d), after stage - 1 moved
-            rows = slice(stage * entries, (stage + 1) * entries)
-            chosen = codes[:, stage]  # (N,)
-            sums = torch.zeros_like(self.ema_sum[rows]).index_add_(
-                0, chosen, stage_targets.to(self.ema_sum.dtype))  # (K, d)
-            ema_update(self._stage_table(stage), self.ema_count[rows], self.ema_sum[rows],
-                       chosen, sums, self.ema_decay, sync.sum)
+        for stage, stage_targets in enumerate(targets):  # (N, d)
+            if relaxation < 1.0:
+                chosen = self._chosen(codes, stage).to(stage_targets.dtype)
+                stage_targets = torch.lerp(chosen, stage_targets, relaxation)
+            sums.index_add_(0, rows[:, stage], stage_targets.to(sums.dtype))
+        used = slice(0, stages * self.codebook_size)  # the first n codebooks' rows
+        ema_update(self._rows()[used], self.ema_count[used], self.ema_sum[used], rows,
+                   sums[used], self.ema_decay, Sync(self.process_group).sum)
+
+    def _ema_share(self, stages: int) -> float:
+        """The share of its correction that each codeword takes when the first ``stages``
+        codebooks move at once: by default (AVQ, RVQ, whose codewords add up) the
+        relaxation ``ema_relaxation`` of the codebooks' summed corrections."""
+        return ema_relaxation(stages, self.ema_decay)
 
     def _codeword_targets(self, x: torch.Tensor, codes: torch.Tensor,
                           quantized: torch.Tensor) -> Iterator[torch.Tensor]:
-        """What the codewords chosen by codes (N, n) for x (N, D) should reconstruct, codebook
-        by codebook (N, d); quantized (N, D) is their decoding before any moved.
-
-        ``_ema_step`` moves codebook s before it draws the next target, so a target may
-        use the codewords of the codebooks before it as they are then. By default (AVQ,
-        whose codewords are chosen jointly) x less the other chosen codewords: the earlier
-        codebooks' moved ones and the later ones' not yet moved, as each step of
-        iterated conditional modes (alternating least squares) would.
-        """
-        residual = x - quantized  # (N, D) what the chosen codewords leave
+        """What the codewords chosen by codes (N, n) for x (N, D) should reconstruct, stage
+        by stage (N, d); quantized (N, D) is their decoding. By default (AVQ, whose
+        codewords are chosen jointly) x less the other chosen codewords."""
         for stage in range(codes.shape[1]):
-            target = residual + self._chosen(codes, stage)
-            yield target
-            residual = target - self._chosen(codes, stage)  # with codebook stage moved
+            yield x - (quantized - self._chosen(codes, stage))
 
     def _chosen(self, codes: torch.Tensor, stage: int) -> torch.Tensor:
         """The codewords (N, d) that codes (N, M) choose in codebook ``stage`` (no gradient)."""

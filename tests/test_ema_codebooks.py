@@ -1,7 +1,8 @@
 """Codebooks learnt by moving averages (``codebook_update="ema"``,
 stochastic_vq_core.codebook_updates and ``VectorQuantizer._ema_step``) on all three
-quantizers: the update against a loop-by-loop reference, the first n <= M codebooks,
-replacement, checkpoints, convergence over a grid of shapes and decays, and the options."""
+quantizers: the update against a loop-by-loop reference, the first n <= M codebooks, the
+relaxation, replacement, checkpoints, convergence over a grid of shapes and decays, and
+the options."""
 
 import pytest
 import torch
@@ -9,26 +10,30 @@ import torch._dynamo
 
 from helpers import CLASSES, D, K, M, make, stage_rows
 from stochastic_vq.methods import build_quantizer
+from stochastic_vq_core.codebook_updates import EMA_DECAY, ema_relaxation
 
 TINY = 1e-12  # the count below which a codeword stays where it is
 
 
 def reference_step(vq, x, codes, decay):
-    """The moving-average step written out codeword by codeword: codebook s (of the first
-    n = codes.shape[1]) moves after codebooks 0 ... s-1, toward targets that use their
-    moved codewords. Returns the codebooks (M, K, d), counts (M, K) and sums (M, K, d)."""
+    """The moving-average step written out codeword by codeword for codes (N, n) of the
+    first n codebooks: every target from the codewords before the step; for AVQ and RVQ
+    each codeword takes 1 / max(1, n (1 - decay)) of its correction. Returns the codebooks
+    (M, K, d), counts (M, K) and sums (M, K, d)."""
     stages = codes.shape[1]
     table = torch.stack([stage_rows(vq, s) for s in range(M)]).clone()  # (M, K, d)
     counts = vq.ema_count.clone().view(M, K)
     sums = vq.ema_sum.clone().view(M, K, -1)
+    chosen = [table[t][codes[:, t]] for t in range(stages)]  # (N, d) each, before the step
+    share = 1.0 if isinstance(vq, CLASSES["PVQ"]) else 1 / max(1, stages * (1 - decay))
     for s in range(stages):
-        chosen = [table[t][codes[:, t]] for t in range(stages)]  # as they are now
         if isinstance(vq, CLASSES["AVQ"]):  # x less the other chosen codewords
             target = x - sum(chosen[t] for t in range(stages) if t != s)
         elif isinstance(vq, CLASSES["RVQ"]):  # the residual of the stages before
             target = x - sum((chosen[t] for t in range(s)), torch.zeros_like(x))
         else:  # PVQ: the sub-vector
             target = x.view(len(x), M, -1)[:, s]
+        target = chosen[s] + share * (target - chosen[s])
         for k in range(K):
             mask = codes[:, s] == k
             counts[s, k] = decay * counts[s, k] + (1 - decay) * mask.sum()
@@ -44,9 +49,9 @@ def state(vq):
     return table, vq.ema_count.view(M, K), vq.ema_sum.view(M, K, -1)
 
 
-@pytest.mark.parametrize("decay", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("decay", [0.0, 0.5, 0.9])  # M (1 - decay) = 3, 1.5, 0.3
 def test_training_steps_follow_the_reference(kind, decay):
-    """Three training-mode forwards, each moving the codebooks one after another."""
+    """Three training-mode forwards, each moving every codebook at once."""
     vq = make(kind, codebook_update="ema", ema_decay=decay).double()
     assert not vq.codebooks.requires_grad
     data = torch.Generator().manual_seed(1)
@@ -62,13 +67,13 @@ def test_training_steps_follow_the_reference(kind, decay):
 
 @pytest.mark.parametrize("stages", [1, 2])
 def test_a_step_with_the_first_n_codebooks_moves_only_those(kind, stages):
-    """Codes (N, n), n < M, as a forward that uses the first n codebooks gives them."""
-    vq = make(kind, codebook_update="ema", ema_decay=0.5).double()
+    """Codes (N, n), n < M, as a forward that uses the first n codebooks gives them; the
+    relaxation counts the n codebooks that move (decay 0: 1 / n)."""
+    vq = make(kind, codebook_update="ema", ema_decay=0.0).double()
     x = torch.randn(64, D, dtype=torch.float64)
     codes = vq.encode(x)[:, :stages]  # (N, n)
-    before = state(vq)
-    before = [t.clone() for t in before]
-    expected = reference_step(vq, x, codes, 0.5)
+    before = [t.clone() for t in state(vq)]
+    expected = reference_step(vq, x, codes, 0.0)
     quantized = torch.zeros_like(x)  # the first n codebooks' decoding (PVQ: zeros after)
     for s in range(stages):
         chosen = stage_rows(vq, s)[codes[:, s]]
@@ -84,8 +89,7 @@ def test_a_step_with_the_first_n_codebooks_moves_only_those(kind, stages):
 
 
 def test_the_targets_are_what_each_codeword_must_reconstruct():
-    """Drawn without moving anything in between, the targets are those of the codewords
-    as they are: AVQ x less the others, RVQ the residual, PVQ the sub-vector."""
+    """AVQ: x less the other chosen codewords; RVQ: the residual; PVQ: the sub-vector."""
     x = torch.randn(16, D)
 
     def targets(vq, codes):  # (N, M, d)
@@ -174,10 +178,10 @@ def test_training_is_seeded(kind):
 
 
 def test_a_training_forward_with_moving_averages_is_one_graph():
-    """The codebook-by-codebook update unrolls into the graph (RVQ: chained targets)."""
+    """With a relaxation (decay 0) too; RVQ's targets are chained."""
     torch._dynamo.reset()
     try:
-        vq = make("RVQ", check_finite=False, codebook_update="ema")
+        vq = make("RVQ", check_finite=False, codebook_update="ema", ema_decay=0.0)
         explanation = torch._dynamo.explain(vq)(torch.randn(32, D), True)
         assert explanation.graph_break_count == 0
     finally:
@@ -211,10 +215,10 @@ def grid_errors(method: str, stages: int, bits: int, decay: float) -> tuple[floa
 STAGES, BITS, DECAYS = (2, 4, 8, 16), (1, 2, 4, 8), (0.0, 0.5, 0.8, 0.99)
 GRID = [(m, s, b, d) for m in ("avq", "rvq", "pvq") for s in STAGES for b in BITS
         for d in DECAYS]
-# the default suite's share: cells where updating every codebook at once toward targets
-# of the old codewords diverged (AVQ from 4 codebooks of 2 codewords at decay 0 to 16 of
-# 2 at the default decay; RVQ with 8 or 16 codebooks of 2 or 4 codewords at decay 0) and
-# a few PVQ cells; the slow part runs the rest of the grid
+# the default suite's share: cells where the update without relaxation diverged (AVQ from
+# 4 codebooks of 2 codewords at decay 0 to 16 of 2 at the default decay; RVQ with 8 or 16
+# codebooks of 2 or 4 codewords at decay 0 or 0.5) and a few PVQ cells; the slow part
+# runs the rest of the grid
 FAST = [("avq", 4, 1, 0.0), ("avq", 8, 2, 0.5), ("avq", 16, 1, 0.8), ("avq", 16, 2, 0.0),
         ("rvq", 8, 1, 0.0), ("rvq", 16, 1, 0.5), ("rvq", 16, 2, 0.0),
         ("pvq", 16, 2, 0.0), ("pvq", 4, 1, 0.8), ("pvq", 2, 8, 0.99)]
@@ -233,6 +237,14 @@ def test_moving_averages_never_end_above_their_start_on_the_whole_grid(method, s
                                                                        decay):
     start, end = grid_errors(method, stages, bits, decay)
     assert end <= start and end == end
+
+
+@pytest.mark.parametrize("stages, decay, share", [
+    (4, 0.8, 1.0), (2, 0.5, 1.0), (5, 0.8, 1.0), (16, 0.8, 1 / 3.2), (4, 0.0, 0.25),
+    (8, 0.5, 0.25), (3, 0.99, 1.0), (200, 0.99, 0.5)])
+def test_the_relaxation_corrects_a_shared_error_at_most_once(stages, decay, share):
+    assert ema_relaxation(stages, decay) == pytest.approx(share, rel=1e-12)
+    assert stages * (1 - decay) * ema_relaxation(stages, decay) <= 1 + 1e-12
 
 
 # --- options ----------------------------------------------------------------------------
@@ -259,6 +271,5 @@ def test_bad_codebook_update_options_are_named(options, error, argument, match):
 
 
 def test_a_decay_left_out_is_the_default():
-    from stochastic_vq_core.codebook_updates import EMA_DECAY
     assert CLASSES["RVQ"](M, 3, D, codebook_update="ema").ema_decay == EMA_DECAY == 0.8
     assert CLASSES["RVQ"](M, 3, D, codebook_update="ema", ema_decay=0).ema_decay == 0.0
