@@ -494,8 +494,8 @@ class VectorQuantizer(nn.Module):
     def _with_other_processes_groups(self, groups: list, empty: torch.Tensor) -> list:
         """``groups`` (x, codes (N_g, n), quantized) in ascending n, with an empty group
         for each n that only other processes of the process group use, when moving
-        averages are summed over several processes: every process then takes the same
-        moving-average steps, which stay equal. Costs one host synchronisation there.
+        averages are summed over several processes: every process then updates the same
+        codebooks, which stay equal. Costs one host synchronisation there.
         ``empty``: (0, D)."""
         sync = Sync(self.process_group)
         if sync.size == 1 or self.codebook_update != "ema":
@@ -536,9 +536,8 @@ class VectorQuantizer(nn.Module):
             for _, codes, _ in groups:
                 count_usage(used, codes)
             self.codebook_usage.add_(used.clamp_(max=1))
-        if self.codebook_update == "ema":
-            for group in groups:
-                self._ema_step(*group)
+        if self.codebook_update == "ema" and groups:
+            self._ema_steps(groups)
 
     def _restore(self, flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """flat (N, w) in the caller's layout: (*shape[:-1], w) for a channel-last
@@ -623,27 +622,40 @@ class VectorQuantizer(nn.Module):
                             device=device)
 
     def _ema_step(self, x: torch.Tensor, codes: torch.Tensor, quantized: torch.Tensor) -> None:
-        """Move the codewords chosen for x (N, D) by codes (N, n) into the first n <= M
-        codebooks, which decode to quantized (N, D), toward their targets, all at once; a
-        codebook past n keeps its codewords and statistics.
+        """``_ema_steps`` of one group: x (N, D) coded by codes (N, n) into the first n <= M
+        codebooks, which decode to quantized (N, D)."""
+        self._ema_steps([(x, codes, quantized)])
+
+    def _ema_steps(self, groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                   ) -> None:
+        """One moving-average step of a training forward: the codewords chosen for the
+        groups (x (N_g, D), codes (N_g, n), quantized (N_g, D)) of vectors that use the
+        first n codebooks move toward their targets, all at once. The statistics of each
+        codebook that some group uses decay once, whatever the number of groups; a
+        codebook past every group's n keeps its codewords and statistics.
 
         Each codeword moves toward its codeword plus ``_ema_share(n)`` of its correction
         (target less codeword), so that an error the vectors share is not corrected n
         times over where the codebooks' errors add up.
         """
-        stages = codes.shape[1]
-        relaxation = self._ema_share(stages)
-        rows = codes + self._offsets(x.device)[:stages]  # (N, n) rows of _rows()
         sums = torch.zeros_like(self.ema_sum)  # (MK, d) the batch's sum of targets per row
-        targets = self._codeword_targets(x.detach(), codes, quantized.detach())
-        for stage, stage_targets in enumerate(targets):  # (N, d)
-            if relaxation < 1.0:
-                chosen = self._chosen(codes, stage).to(stage_targets.dtype)
-                stage_targets = torch.lerp(chosen, stage_targets, relaxation)
-            sums.index_add_(0, rows[:, stage], stage_targets.to(sums.dtype))
-        used = slice(0, stages * self.codebook_size)  # the first n codebooks' rows
-        ema_update(self._rows()[used], self.ema_count[used], self.ema_sum[used], rows,
-                   sums[used], self.ema_decay, Sync(self.process_group).sum)
+        chosen_rows = []
+        for x, codes, quantized in groups:
+            stages = codes.shape[1]
+            relaxation = self._ema_share(stages)
+            rows = codes + self._offsets(codes.device)[:stages]  # (N_g, n) rows of _rows()
+            targets = self._codeword_targets(x.detach(), codes, quantized.detach())
+            for stage, stage_targets in enumerate(targets):  # (N_g, d)
+                if relaxation < 1.0:
+                    chosen = self._chosen(codes, stage).to(stage_targets.dtype)
+                    stage_targets = torch.lerp(chosen, stage_targets, relaxation)
+                sums.index_add_(0, rows[:, stage], stage_targets.to(sums.dtype))
+            chosen_rows.append(rows.reshape(-1))
+        stages = max(codes.shape[1] for _, codes, _ in groups)
+        used = slice(0, stages * self.codebook_size)  # the rows of the codebooks used
+        ema_update(self._rows()[used], self.ema_count[used], self.ema_sum[used],
+                   torch.cat(chosen_rows), sums[used], self.ema_decay,
+                   Sync(self.process_group).sum)
 
     def _ema_share(self, stages: int) -> float:
         """The share of its correction that each codeword takes when the first ``stages``

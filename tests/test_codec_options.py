@@ -98,6 +98,22 @@ def test_mask_with_dropout_counts_only_kept_vectors():
     assert torch.equal(usage, used)
 
 
+@pytest.mark.parametrize("kind", ["AVQ", "RVQ"])
+def test_dropout_decays_each_codebook_once_per_forward(kind):
+    """The groups of a batch under quantizer dropout take one moving-average step
+    together: each codeword's count becomes decay * count + (1 - decay) * the number of
+    vectors that chose it, as in a batch of one group."""
+    vq = make(kind, quantizer_dropout=1.0, codebook_update="ema", estimator="diveq")
+    x = torch.randn(64, D)  # 2-D: every vector an example
+    before = vq.ema_count.clone()
+    _, _, codes = vq(x, return_codes=True)  # (64, M), -1 where a codebook is not used
+    assert len(set((codes >= 0).sum(1).tolist())) > 1  # several groups
+    rows = (codes + torch.arange(M) * vq.codebook_size)[codes >= 0]  # rows chosen
+    chosen = torch.bincount(rows, minlength=len(before)).to(before.dtype)
+    expected = vq.ema_decay * before + (1 - vq.ema_decay) * chosen
+    torch.testing.assert_close(vq.ema_count, expected)
+
+
 def test_all_masked_changes_nothing():
     vq = make("RVQ", codebook_update="ema", quantizer_dropout=0.5)
     before = state(vq)
