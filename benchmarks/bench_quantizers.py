@@ -175,7 +175,7 @@ def section_avq(args):
         return
     for (stages, bits, beam), steps in (((3, 5, 8), args.steps), ((4, 5, 16), args.steps)):
         run = train_steps("avq", stages, bits, beam, "cpu", steps)
-        native_s, torch_s = timed_in_turns([run, plain_torch(run)], max(3, args.rounds // 4))
+        native_s, torch_s = timed_in_turns([run, plain_torch(run)], args.rounds)
         label = "train step, batch 64, D=128"
         report(label, describe("avq", stages, bits, beam) + ", native",
                f"{1e3 * native_s / steps:.3f} ms ({torch_s / native_s:.1f}x the torch search)")
