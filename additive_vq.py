@@ -75,20 +75,23 @@ class AVQ(VectorQuantizer):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, beam_width={self.beam_width}"
 
-    def _elements_per_row(self) -> int:
-        # per vector: the (B, MK) candidates, and at most (B*M)² codeword comparisons
+    def _elements_per_row(self, stages: int) -> int:
+        # per vector: the (B, nK) candidates, and at most (B*n)² codeword comparisons
         # between beams in ``_drop_repeated_sets``
-        beams = min(self.beam_width, len(self.codebooks))
-        return max(beams * len(self.codebooks), (beams * self.num_stages) ** 2)
+        total = stages * self.codebook_size
+        beams = min(self.beam_width, total)
+        return max(beams * total, (beams * stages) ** 2)
 
-    def _tables(self, dtype):
-        codewords = self.codebooks.detach().to(dtype)  # (MK, D)
-        norms, cross = cross_table(codewords, self.num_stages)  # (MK,), (MK, MK)
+    def _tables(self, dtype, stages):
+        # the first n codebooks: rows 0 ... n*K - 1
+        codewords = self.codebooks.detach()[:stages * self.codebook_size].to(dtype)  # (nK, D)
+        norms, cross = cross_table(codewords, stages)  # (nK,), (nK, nK)
         return codewords, norms, cross
 
-    def _encode_chunk(self, x, tables):
+    def _encode_chunk(self, x, tables, stages):
+        """The beam search over the first ``stages`` codebooks only."""
         codewords, norms, cross = tables
-        return beam_search(x, codewords, norms, cross, self.num_stages, self.beam_width)
+        return beam_search(x, codewords, norms, cross, stages, self.beam_width)
 
     def _stage_table(self, stage):
         entries = self.codebook_size

@@ -41,15 +41,18 @@ class PVQ(VectorQuantizer):
         self.codebooks = self._uniform_codebooks(
             (num_stages, self.codebook_size, self.sub_dim), device)
 
-    def _elements_per_row(self) -> int:
+    _needs_all_stages = ("its codebooks code different parts of the vector, so a code needs "
+                         "all of them")
+
+    def _elements_per_row(self, stages: int) -> int:
         return self.num_stages * self.codebook_size
 
-    def _tables(self, dtype):
+    def _tables(self, dtype, stages):
         # (M, K, d), the entries in first_argmin's order
         codebooks = search_layout(self.codebooks.detach().to(dtype), 1)
         return codebooks.transpose(1, 2), codebooks.pow(2).sum(-1).unsqueeze(1)  # (M,d,K), (M,1,K)
 
-    def _encode_chunk(self, x, tables):
+    def _encode_chunk(self, x, tables, stages):
         codebooks_t, norms = tables
         parts = x.reshape(len(x), self.num_stages, self.sub_dim).transpose(0, 1)  # (M, N, d)
         # ||p - c||² - ||p||² for all subspaces in one batched product, (M, N, K)

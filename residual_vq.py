@@ -39,29 +39,32 @@ class RVQ(VectorQuantizer):
         self.codebooks = self._uniform_codebooks(
             (num_stages, self.codebook_size, data_dim), device)
 
-    def _elements_per_row(self) -> int:
+    def _elements_per_row(self, stages: int) -> int:
         return self.codebook_size
 
-    def _tables(self, dtype):
-        codebooks = self.codebooks.detach().to(dtype)  # (M, K, D)
-        laid_out = search_layout(codebooks, 1)  # (M, K, D), the entries in first_argmin's order
-        return codebooks, laid_out, laid_out.pow(2).sum(-1)  # (M, K, D), (M, K, D), (M, K)
+    def _tables(self, dtype, stages):
+        codebooks = self.codebooks.detach()[:stages].to(dtype)  # (n, K, D)
+        laid_out = search_layout(codebooks, 1)  # (n, K, D), the entries in first_argmin's order
+        return codebooks, laid_out, laid_out.pow(2).sum(-1)  # (n, K, D), (n, K, D), (n, K)
 
-    def _encode_chunk(self, x, tables):
+    def _encode_chunk(self, x, tables, stages):
+        """Stage by stage, the nearest codeword to what the stages before left: a stage's
+        choice never depends on the stages after it, so the first n codes of an M-stage
+        encode are the n-stage encode."""
         codebooks, laid_out, norms = tables
         residual = x.clone()  # (N, D)
         # one buffer each for the distances and the chosen codewords, reused by every stage
         distances = x.new_empty(len(x), self.codebook_size)  # (N, K)
         chosen = torch.empty_like(residual)  # (N, D)
         codes = []
-        for stage in range(self.num_stages):
+        for stage in range(stages):
             # ||r - c||² - ||r||² = ||c||² - 2 <r, c>, (N, K)
             torch.addmm(norms[stage], residual, laid_out[stage].t(), alpha=-2.0, out=distances)
             index = first_argmin(distances)  # (N,)
             codes.append(index)
-            if stage + 1 < self.num_stages:  # the last stage's residual is not needed
+            if stage + 1 < stages:  # the last stage's residual is not needed
                 residual -= torch.index_select(codebooks[stage], 0, index, out=chosen)
-        return torch.stack(codes, dim=1)  # (N, M)
+        return torch.stack(codes, dim=1)  # (N, n)
 
     def _codeword_targets(self, x, codes, quantized):
         """Each codeword's target is the residual its stage quantized, x less the codewords
@@ -69,6 +72,6 @@ class RVQ(VectorQuantizer):
         search."""
         residual = x
         yield residual
-        for stage in range(1, self.num_stages):
+        for stage in range(1, codes.shape[1]):
             residual = residual - self._chosen(codes, stage - 1)
             yield residual

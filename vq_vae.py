@@ -94,13 +94,19 @@ class VQVAE(nn.Module):
         return self.reconstruct(quantized), usage
 
     @torch.no_grad()
-    def compress(self, images: torch.Tensor) -> torch.Tensor:
-        """Codes (B, H/4, W/4, M) int64 of images (B, C, H, W): one index per codebook."""
-        return self.quantizer.encode(self.latents(images))
+    def compress(self, images: torch.Tensor, *, num_stages: int | None = None) -> torch.Tensor:
+        """Codes (B, H/4, W/4, M) int64 of images (B, C, H, W): one index per codebook;
+        with ``num_stages`` n, (B, H/4, W/4, n), one for each of the first n codebooks
+        (a quantizer whose ``encode`` takes ``num_stages``)."""
+        latents = self.latents(images)
+        if num_stages is None:
+            return self.quantizer.encode(latents)
+        return self.quantizer.encode(latents, num_stages=num_stages)
 
     @torch.no_grad()
     def decompress(self, codes: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) from codes (B, h, w, M); equals the eval-mode forward."""
+        """Images (B, C, H, W) from codes (B, h, w, n), n = M or, for a quantizer that
+        decodes with its first n codebooks, fewer; equals the eval-mode forward."""
         if codes.dim() != 4:
             raise ValueError(f"codes must have shape (B, h, w, {self.quantizer.num_stages}), "
                              f"got {tuple(codes.shape)}")

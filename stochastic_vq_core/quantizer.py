@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from stochastic_vq_core.codebook_updates import (
     DEFAULT_CODEBOOK_UPDATE,
@@ -34,7 +35,14 @@ from stochastic_vq_core.estimators import (
 )
 from stochastic_vq_core.kmeans import CHUNK_ELEMENTS, kmeans, nearest_rows
 from stochastic_vq_core.row_sums import sum_rows
-from stochastic_vq_core.rules import check_bits_per_stage, check_int, check_real
+from stochastic_vq_core.rules import (
+    check_bits_per_stage,
+    check_bool,
+    check_int,
+    check_real,
+    invalid,
+)
+from stochastic_vq_core.stages import draw_stages, stage_groups
 from stochastic_vq_core.usage import (
     DEFAULT_REPLACEMENT_NOISE,
     count_usage,
@@ -68,18 +76,21 @@ class VectorQuantizer(nn.Module):
     A subclass creates ``self.codebooks`` (an ``nn.Parameter``) in its constructor and
     implements the hooks
 
-    - ``_tables(dtype)``: per-call precomputed tables of the search (codewords in
-      ``dtype``, their squared norms, ...);
-    - ``_encode_chunk(x, tables)``: codes (n, M) int64 of x (n, D);
-    - ``_elements_per_row()``: size of the search's largest temporary per vector (sets the
-      chunk size);
+    - ``_tables(dtype, stages)``: per-call precomputed tables of the search with the
+      first ``stages`` codebooks (codewords in ``dtype``, their squared norms, ...);
+    - ``_encode_chunk(x, tables, stages)``: codes (n, stages) int64 of x (n, D), one
+      index into each of the first ``stages`` codebooks;
+    - ``_elements_per_row(stages)``: size of the search's largest temporary per vector
+      (sets the chunk size);
     - ``_stage_table(stage)``: a (K, d) view of one codebook (default: ``codebooks[stage]``);
 
     and may override ``_decode`` (the vector its chosen codewords stand for; default:
     their sum), ``_codeword_targets`` (what each chosen codeword should reconstruct),
     ``_replace`` (which rows one replacement pools), ``_init_target``
-    with ``_chained`` (what ``initialize_from_data`` fits each codebook to) and
-    ``search_tables`` / ``table_distances`` (nearest-neighbour search by lookup).
+    with ``_chained`` (what ``initialize_from_data`` fits each codebook to),
+    ``search_tables`` / ``table_distances`` (nearest-neighbour search by lookup) and
+    ``_needs_all_stages`` (why its codes need all M codebooks; None, the default, when
+    the first n codebooks code a vector at a lower rate).
 
     Keyword options (every subclass takes them):
         check_finite: reject NaN/Inf input (one host sync per call; turn off for speed).
@@ -97,6 +108,18 @@ class VectorQuantizer(nn.Module):
             the codebooks then take no gradient; see
             ``stochastic_vq_core.codebook_updates``).
         ema_decay: the decay of those moving averages, in [0, 1); used by "ema" only.
+        quantizer_dropout: the share of training examples, each drawn independently,
+            that use only their first n codebooks, n uniform in
+            [``dropout_min_stages``, M] (SoundStream's structured dropout is 1.0): one
+            model then codes at every rate from ``dropout_min_stages`` to M codebooks.
+            Drawn per example (the first axis of the input; each vector of 2-D input),
+            so that every batch trains every rate; from torch's default CPU generator,
+            so a seeded run repeats it. 0 (the default) trains all M codebooks.
+        dropout_min_stages: the fewest codebooks a dropped example uses (1 ... M).
+        channel_first: the input is (B, D, ...), the data dimension second, as a
+            convolution's output; the output, ``encode``'s codes (B, n, ...), ``decode``'s
+            codes and output and ``mask`` ((B, ...)) follow that layout. Default: the
+            data dimension last, (..., D), codes (..., n).
 
     Attributes:
         num_stages: M, the number of codebooks.
@@ -113,9 +136,17 @@ class VectorQuantizer(nn.Module):
                  replacement_noise: float = DEFAULT_REPLACEMENT_NOISE,
                  process_group=DEFAULT_GROUP, estimator: str = DEFAULT_ESTIMATOR,
                  diveq_noise: float = DIVEQ_NOISE,
-                 codebook_update: str = DEFAULT_CODEBOOK_UPDATE, ema_decay: float = EMA_DECAY):
+                 codebook_update: str = DEFAULT_CODEBOOK_UPDATE, ema_decay: float = EMA_DECAY,
+                 quantizer_dropout: float = 0.0, dropout_min_stages: int = 1,
+                 channel_first: bool = False):
         super().__init__()
         self.num_stages = check_int("num_stages", num_stages)
+        self.quantizer_dropout = check_real("quantizer_dropout", quantizer_dropout, 0.0, 1.0)
+        if self.quantizer_dropout:
+            self._refuse_fewer_stages("quantizer_dropout", "0", str(quantizer_dropout))
+        self.dropout_min_stages = check_int("dropout_min_stages", dropout_min_stages, 1,
+                                            num_stages)
+        self.channel_first = check_bool("channel_first", channel_first)
         self.vq_bitrate_per_stage = check_bits_per_stage("vq_bitrate_per_stage",
                                                          vq_bitrate_per_stage)
         self.data_dim = check_int("data_dim", data_dim)
@@ -126,6 +157,7 @@ class VectorQuantizer(nn.Module):
                                                                      ema_decay)
         self.check_finite = bool(check_finite)
         self.process_group = check_process_group(process_group)
+        self._frozen = False  # see ``frozen``
         self.codebook_size = 2 ** vq_bitrate_per_stage
         self.bits_per_vector = num_stages * vq_bitrate_per_stage
         self.register_buffer(
@@ -160,57 +192,109 @@ class VectorQuantizer(nn.Module):
 
     # --- public API -------------------------------------------------------------------
 
-    def forward(self, input_data: torch.Tensor, train_mode: bool | None = None):
-        """Quantize ``input_data`` (..., D).
+    def forward(self, input_data: torch.Tensor, train_mode: bool | None = None, *,
+                num_stages: int | None = None, mask: torch.Tensor | None = None,
+                return_codes: bool = False):
+        """Quantize ``input_data`` (..., D), or (B, D, ...) with ``channel_first=True``.
 
         Args:
             input_data: float tensor whose last dimension is ``data_dim``.
             train_mode: True for the estimator's output (NSVQ by default), differentiable;
                 it counts codebook usage and, with ``codebook_update="ema"``, moves the
-                codewords. False for the hard-quantized vectors (detached). None follows
-                ``self.training``.
+                codewords (neither inside ``frozen()``). False for the hard-quantized
+                vectors (detached). None follows ``self.training``.
+            num_stages: code with the first n codebooks only (1 <= n <= M; quantizers
+                whose codes need all M refuse fewer); in training it also turns
+                quantizer dropout off. None: all M, or in training the numbers that
+                quantizer dropout draws.
+            mask: bool tensor of the input's shape without the data dimension (``(B,
+                ...)`` for channel-first input), False for vectors to leave out (padding):
+                they are returned unchanged, get no codebook gradient and count nowhere
+                (usage, moving averages, replacement). On the CPU or the input's device;
+                in training, one on an accelerator costs one host synchronisation.
+            return_codes: also return the codes of the same search.
 
         Everything is computed in float32 (float64 for float64 input), also under
         ``torch.autocast``.
 
         Returns:
-            (quantized, codebook_usage): quantized has the input's shape and dtype;
-            codebook_usage is an (M, K) int64 snapshot of the usage counters.
+            (quantized, codebook_usage), or (quantized, codebook_usage, codes) with
+            ``return_codes``: quantized has the input's shape and dtype; codebook_usage
+            is an (M, K) int64 snapshot of the usage counters; codes (..., n) int64, as
+            ``encode`` gives them, with -1 for a codebook a vector did not use (dropped by
+            quantizer dropout, or masked out); n is ``num_stages``, or M when quantizer
+            dropout draws.
         """
+        self._check_codebooks_trainable()
         x, shape = self._flatten(input_data, "input_data")  # (N, D) float32 or float64
+        stages = self._check_stages(num_stages)
+        keep = self._check_mask(mask, shape)  # (N,) bool or None
+        check_bool("return_codes", return_codes)
         if train_mode is None:
             train_mode = self.training
         with full_precision(x.device):
-            codes = self._search(x)  # (N, M)
             if train_mode:
-                count_usage(self.codebook_usage, codes)
-                quantized = self._decode(codes).to(x.dtype)  # (N, D)
-                if self.codebook_update == "ema":
-                    self._ema_step(x, codes, quantized)
-                out = estimate(self.estimator, self.diveq_noise, x, quantized)
+                per_example = None
+                if num_stages is None and self.quantizer_dropout:
+                    examples = shape[0] if len(shape) > 1 else 1
+                    per_example = draw_stages(examples, self.quantizer_dropout,
+                                              self.dropout_min_stages, self.num_stages)
+                out, codes = self._train(x, stages, per_example, keep)
             else:
-                with torch.no_grad():
-                    out = self._decode(codes)
-        out = out.to(input_data.dtype)
-        if out.shape != shape:
-            out = out.reshape(shape)
-        return out, self.codebook_usage.clone()
+                out, codes = self._quantize(x, stages, keep)
+        out = self._restore(out.to(input_data.dtype), shape)
+        usage = self.codebook_usage.clone()
+        if return_codes:
+            return out, usage, self._restore(codes, shape)
+        return out, usage
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Indices of the chosen codewords: (..., D) float -> (..., M) int64."""
+    def encode(self, x: torch.Tensor, *, num_stages: int | None = None) -> torch.Tensor:
+        """Indices of the chosen codewords: (..., D) float -> (..., n) int64, or (B, D, ...)
+        -> (B, n, ...) with ``channel_first=True``.
+
+        ``num_stages``: code with the first n codebooks (1 <= n <= M; None: all M). For
+        RVQ, whose stages choose one after another, the first n codes of a full encode
+        are the n-stage encode; AVQ searches the n codebooks jointly, so its codes may
+        differ from the first n of a full encode.
+        """
         flat, shape = self._flatten(x, "x")
+        stages = self._check_stages(num_stages)
         with full_precision(flat.device):
-            codes = self._search(flat)
-        return codes.reshape(*shape[:-1], self.num_stages)
+            codes = self._search(flat, stages)  # (N, n)
+        return self._restore(codes, shape)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """Reconstruct vectors from codeword indices: (..., M) int -> (..., D).
+        """Reconstruct vectors from codeword indices: (..., n) int -> (..., D), or (B, n,
+        ...) -> (B, D, ...) with ``channel_first=True``; n <= M codes decode with the
+        first n codebooks.
 
         The result has the codebooks' dtype (float32 unless the module was converted).
         """
-        self._check_indices(indices)
-        flat = indices.reshape(-1, self.num_stages).to(self.codebooks.device, torch.long)
-        return self._decode(flat).reshape(*indices.shape[:-1], self.data_dim)
+        flat, shape = self._check_indices(indices)  # (N, n), the indices' channel-last shape
+        out = self._decode(flat.to(self.codebooks.device, torch.long))  # (N, D)
+        return self._restore(out, (*shape[:-1], self.data_dim))
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """A context in which training-mode forwards leave the codebooks as they are.
+
+        Inside, a training-mode forward gives the estimator's output as usual but counts
+        no usage and moves no moving averages: for extra forwards of a training step (a
+        GAN's discriminator pass, activation recomputation). Gradients still reach
+        ``codebooks`` when they require them (``codebook_update="gradient"``); leave them
+        out of the optimizer's step if those should not move either.
+        """
+        previous, self._frozen = self._frozen, True
+        try:
+            yield
+        finally:
+            self._frozen = previous
+
+    def bitrate(self, vectors_per_second: float, *, num_stages: int | None = None) -> float:
+        """Bits per second: bits per vector (n codebooks x ``vq_bitrate_per_stage``) times
+        ``vectors_per_second``, with the first ``num_stages`` codebooks (None: all M)."""
+        rate = check_real("vectors_per_second", vectors_per_second)
+        return self._check_stages(num_stages) * self.vq_bitrate_per_stage * rate
 
     @torch.no_grad()
     def replace_unused_codebooks(self, num_batches: int, *, verbose: bool = True,
@@ -292,7 +376,8 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def initialize_from_data(self, samples: torch.Tensor, *, kmeans_iterations: int = 10,
                              disjoint: bool = False,
-                             generator: torch.Generator | None = None) -> None:
+                             generator: torch.Generator | None = None,
+                             mask: torch.Tensor | None = None) -> None:
         """Data-dependent initialisation, for data far from the paper's ±1/K codebooks.
 
         Codebook by codebook, in stage order, the codewords are set to k-means centroids
@@ -312,8 +397,13 @@ class VectorQuantizer(nn.Module):
                 or more). PVQ, whose codebooks do not depend on each other, always uses
                 all samples.
             generator: optional CPU torch.Generator for the random choices.
+            mask: bool tensor of the samples' shape without the data dimension, False
+                for samples to leave out (padding), as ``forward``'s.
         """
-        x, _ = self._flatten(samples, "samples")
+        x, shape = self._flatten(samples, "samples")  # (N, D)
+        keep = self._check_mask(mask, shape)
+        if keep is not None:
+            x = x[keep.to(x.device)]
         with full_precision(x.device):
             self._initialize(x, kmeans_iterations, bool(disjoint), generator)
         if self.codebook_update == "ema":
@@ -353,8 +443,83 @@ class VectorQuantizer(nn.Module):
             text += f", codebook_update={self.codebook_update!r}, ema_decay={self.ema_decay}"
         return text
 
-    def _search(self, x: torch.Tensor) -> torch.Tensor:
-        """Codes (N, M) of x (N, D), searched in inference mode.
+    def _train(self, x: torch.Tensor, stages: int, per_example: torch.Tensor | None,
+               keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-mode output (N, D) and codes (N, w) of x (N, D).
+
+        Every vector uses the first ``stages`` codebooks, or the number ``per_example``
+        (B,) gives its example (B examples of N/B consecutive vectors each); the
+        vectors that ``keep`` (N,) marks False are returned as they are, with codes -1.
+        Vectors that use the same codebooks are searched, decoded and learnt from as a
+        group; the estimator runs over all kept vectors in their own order.
+        """
+        if per_example is None and keep is None:  # every vector, the same codebooks
+            codes = self._search(x, stages)  # (N, n)
+            quantized = self._decode(codes).to(x.dtype)  # (N, D)
+            self._learn([(x, codes, quantized)])
+            return estimate(self.estimator, self.diveq_noise, x, quantized), codes
+        width = stages if per_example is None else self.num_stages
+        per_row = (torch.full((len(x),), stages) if per_example is None
+                   else per_example.repeat_interleave(len(x) // len(per_example)))  # (N,)
+        order, groups = stage_groups(per_row, None if keep is None else keep.cpu())
+        order = order.to(x.device)  # (R,) the kept vectors, grouped
+        codes = torch.full((len(x), width), -1, dtype=torch.long, device=x.device)  # (N, w)
+        if not groups:  # every vector masked out
+            return x.clone(), codes
+        kept = x.index_select(0, order)  # (R, D)
+        parts = []
+        for part, (_, n) in zip(kept.split([size for size, _ in groups]), groups):
+            part_codes = self._search(part, n)  # (R_g, n)
+            parts.append((part, part_codes, self._decode(part_codes).to(x.dtype)))
+        self._learn(parts)
+        quantized = torch.cat([part_quantized for _, _, part_quantized in parts])  # (R, D)
+        kept_codes = torch.cat([F.pad(part_codes, (0, width - part_codes.shape[1]), value=-1)
+                                for _, part_codes, _ in parts])  # (R, w)
+        out = estimate(self.estimator, self.diveq_noise, kept, quantized)  # (R, D)
+        return x.index_copy(0, order, out), codes.index_copy_(0, order, kept_codes)
+
+    def _quantize(self, x: torch.Tensor, stages: int, keep: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hard-quantized x (N, D) with the first ``stages`` codebooks (detached) and its
+        codes (N, n); the vectors that ``keep`` (N,) marks False stay as they are, with
+        codes -1."""
+        codes = self._search(x, stages)  # (N, n)
+        with torch.no_grad():
+            out = self._decode(codes)  # (N, D)
+        if keep is not None:
+            keep = keep.to(x.device).unsqueeze(1)  # (N, 1)
+            out = torch.where(keep, out, x.detach())
+            codes = codes.masked_fill(~keep, -1)
+        return out, codes
+
+    def _learn(self, groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """Count usage and take the moving-average step of one training forward, from the
+        groups (x (N_g, D), codes (N_g, n), quantized (N_g, D)) of vectors that use the
+        first n codebooks. A codeword that several groups use counts once. Nothing
+        happens inside ``frozen()``."""
+        if self._frozen:
+            return
+        if len(groups) == 1:
+            count_usage(self.codebook_usage, groups[0][1])
+        else:
+            used = torch.zeros_like(self.codebook_usage)  # (M, K) groups that used each
+            for _, codes, _ in groups:
+                count_usage(used, codes)
+            self.codebook_usage.add_(used.clamp_(max=1))
+        if self.codebook_update == "ema":
+            for group in groups:
+                self._ema_step(*group)
+
+    def _restore(self, flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """flat (N, w) in the caller's layout: (*shape[:-1], w) for a channel-last
+        ``shape`` (..., D), with its last axis moved second under ``channel_first``."""
+        target = (*shape[:-1], flat.shape[-1])
+        out = flat if flat.shape == target else flat.reshape(target)
+        return out.movedim(-1, 1) if self.channel_first and out.dim() > 1 else out
+
+    def _search(self, x: torch.Tensor, stages: int) -> torch.Tensor:
+        """Codes (N, stages) of x (N, D) with the first ``stages`` codebooks, searched in
+        inference mode.
 
         Inference mode spares the search's many small operations the autograd bookkeeping
         that ``no_grad`` still does; the codes are copied out as an ordinary tensor, which
@@ -364,56 +529,58 @@ class VectorQuantizer(nn.Module):
         """
         if torch.compiler.is_compiling():
             with torch.no_grad():
-                return self._encode(x)
+                return self._encode(x, stages)
         with torch.inference_mode():
-            codes = self._encode(x)
+            codes = self._encode(x, stages)
         return codes.clone()
 
     # --- subclass hooks ---------------------------------------------------------------
 
-    def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode x (N, D) in chunks of at most ``_chunk_rows()`` rows -> (N, M)."""
-        tables = self._tables(x.dtype)
-        rows = self._chunk_rows(x.device)
+    def _encode(self, x: torch.Tensor, stages: int) -> torch.Tensor:
+        """Encode x (N, D) with the first ``stages`` codebooks in chunks of at most
+        ``_chunk_rows()`` rows -> (N, stages)."""
+        tables = self._tables(x.dtype, stages)
+        rows = self._chunk_rows(x.device, stages)
         if len(x) <= rows:
-            return self._encode_chunk(x, tables)
-        return torch.cat([self._encode_chunk(chunk, tables) for chunk in x.split(rows)])
+            return self._encode_chunk(x, tables, stages)
+        return torch.cat([self._encode_chunk(chunk, tables, stages) for chunk in x.split(rows)])
 
-    def _chunk_rows(self, device: torch.device) -> int:
+    def _chunk_rows(self, device: torch.device, stages: int) -> int:
         """Rows encoded at once: the largest temporary has about CHUNK_ELEMENTS entries
         on CPU, so it stays in cache, and ACCELERATOR_CHUNK_SCALE times more elsewhere."""
         budget = CHUNK_ELEMENTS * (1 if device.type == "cpu" else ACCELERATOR_CHUNK_SCALE)
-        return max(1, budget // self._elements_per_row())
+        return max(1, budget // self._elements_per_row(stages))
 
-    def _elements_per_row(self) -> int:
+    def _elements_per_row(self, stages: int) -> int:
         raise NotImplementedError
 
-    def _tables(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """Per-call precomputed tables (codewords in ``dtype``, their squared norms, ...)."""
+    def _tables(self, dtype: torch.dtype, stages: int) -> tuple[torch.Tensor, ...]:
+        """Per-call precomputed tables of the first ``stages`` codebooks (codewords in
+        ``dtype``, their squared norms, ...)."""
         raise NotImplementedError
 
-    def _encode_chunk(self, x: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _encode_chunk(self, x: torch.Tensor, tables: tuple[torch.Tensor, ...],
+                      stages: int) -> torch.Tensor:
         raise NotImplementedError
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Vectors (N, D) of codes (N, M), differentiable in ``codebooks``: by default the
-        sum of the chosen codewords (AVQ, RVQ)."""
+        """Vectors (N, D) of codes (N, n) into the first n codebooks, differentiable in
+        ``codebooks``: by default the sum of the chosen codewords (AVQ, RVQ)."""
         return sum_rows(*self._indexed_rows(codes))
 
     def _gather_codewords(self, codes: torch.Tensor) -> torch.Tensor:
-        """The chosen codewords (N, M, d) for codes (N, M), differentiable in ``codebooks``.
+        """The chosen codewords (N, n, d) for codes (N, n), differentiable in ``codebooks``.
 
         index_select, whose backward is an index_add, trains several times faster on a CPU
         than an embedding lookup."""
         table, rows = self._indexed_rows(codes)
-        return table.index_select(0, rows.reshape(-1)).view(len(codes), self.num_stages,
-                                                            table.shape[1])
+        return table.index_select(0, rows.reshape(-1)).view(*codes.shape, table.shape[1])
 
     def _indexed_rows(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All codewords as a (M*K, d) view of ``codebooks`` (differentiable) and codes
-        (N, M) offset into its rows."""
+        (N, n) into the first n codebooks offset into its rows."""
         table = self.codebooks.reshape(self.num_stages * self.codebook_size, -1)
-        return table, codes + self._offsets(codes.device)
+        return table, codes + self._offsets(codes.device)[:codes.shape[1]]
 
     def _rows(self) -> torch.Tensor:
         """All codewords as a (M*K, d) view of ``codebooks``, codebook m in rows
@@ -428,7 +595,7 @@ class VectorQuantizer(nn.Module):
     def _ema_step(self, x: torch.Tensor, codes: torch.Tensor, quantized: torch.Tensor) -> None:
         """Move the codewords chosen for x (N, D) by codes (N, M), which decode to quantized
         (N, D), toward their targets."""
-        rows = codes + self._offsets(x.device)  # (N, M) rows of _rows()
+        rows = codes + self._offsets(x.device)[:codes.shape[1]]  # (N, n) rows of _rows()
         sums = torch.zeros_like(self.ema_sum)  # (MK, d) the batch's sum of targets per row
         targets = self._codeword_targets(x.detach(), codes, quantized.detach())
         for stage, stage_targets in enumerate(targets):
@@ -442,7 +609,7 @@ class VectorQuantizer(nn.Module):
         """What the codewords chosen by codes (N, M) for x (N, D) should reconstruct, stage
         by stage (N, d); quantized (N, D) is their decoding. By default (AVQ, whose
         codewords are chosen jointly) x less the other chosen codewords."""
-        for stage in range(self.num_stages):
+        for stage in range(codes.shape[1]):
             yield x - (quantized - self._chosen(codes, stage))
 
     def _chosen(self, codes: torch.Tensor, stage: int) -> torch.Tensor:
@@ -474,39 +641,115 @@ class VectorQuantizer(nn.Module):
 
     # --- checks and loading -----------------------------------------------------------
 
+    _needs_all_stages: str | None = None  # why a code needs all M codebooks (PVQ), if so
+
     def _flatten(self, x, name: str) -> tuple[torch.Tensor, torch.Size]:
-        """Check ``x`` (..., D) and return it as (N, D) on the codebooks' device."""
+        """Check ``x`` (..., D), or (B, D, ...) with ``channel_first``, and return it as
+        (N, D) on the codebooks' device with its channel-last shape (..., D)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating point tensor, got {x.dtype}")
+        given = tuple(x.shape)
+        if self.channel_first and x.dim() > 1:
+            x = x.movedim(1, -1)  # (B, ..., D)
         if x.dim() == 0 or x.shape[-1] != self.data_dim:
-            hint = ""
-            if x.dim() == 4 and x.shape[1] == self.data_dim:
-                hint = ("; for a conv feature map (B, C, H, W) pass x.permute(0, 2, 3, 1) "
-                        "(channels last) and permute the output back with .permute(0, 3, 1, 2)")
-            raise ValueError(f"{name} must have shape (..., {self.data_dim}), "
-                             f"got {tuple(x.shape)}{hint}")
+            raise ValueError(self._shape_message(name, given))
         if x.device != self.codebooks.device:
             raise ValueError(f"{name} is on {x.device} but the codebooks are on "
                              f"{self.codebooks.device}; move the module with .to()")
-        if self.check_finite and x.numel() and not _all_finite(x):
-            raise ValueError(f"{name} contains NaN or Inf values")
+        if self.check_finite:
+            if torch.compiler.is_compiling():  # kept in the graph, no host synchronisation
+                torch._assert_async(torch.isfinite(x).all(), f"{name} contains NaN or Inf values")
+            elif x.numel() and not _all_finite(x):
+                raise ValueError(f"{name} contains NaN or Inf values")
         work_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         flat = x if x.dim() == 2 else x.reshape(-1, self.data_dim)  # no extra autograd node
         return flat.to(work_dtype), x.shape
 
-    def _check_indices(self, indices) -> None:
+    def _shape_message(self, name: str, given: tuple[int, ...]) -> str:
+        """The error for input of shape ``given`` without the data dimension where the
+        layout puts it, with a hint for channel-first input."""
+        dim = self.data_dim
+        if self.channel_first:
+            return f"{name} must have shape (B, {dim}, ...) (channel_first=True), got {given}"
+        hint = ""
+        if len(given) >= 3 and given[1] == dim:
+            hint = (f"; for channel-first input (B, {dim}, ...), such as a convolution's "
+                    "output, build the quantizer with channel_first=True")
+            if len(given) == 4:
+                hint += (", or pass x.permute(0, 2, 3, 1) (channels last) and permute the "
+                         "output back with .permute(0, 3, 1, 2)")
+        return f"{name} must have shape (..., {dim}), got {given}{hint}"
+
+    def _check_stages(self, num_stages) -> int:
+        """The number of codebooks to code with: ``num_stages`` if valid, M if None."""
+        if num_stages is None:
+            return self.num_stages
+        stages = check_int("num_stages", num_stages, 1, self.num_stages)
+        if stages < self.num_stages:
+            self._refuse_fewer_stages("num_stages", str(self.num_stages), str(stages))
+        return stages
+
+    def _refuse_fewer_stages(self, argument: str, expected: str, got: str) -> None:
+        """Raise if this quantizer's codes need all M codebooks (``_needs_all_stages``)."""
+        if self._needs_all_stages:
+            raise invalid(ValueError, argument, f"must be {expected} for "
+                                                f"{type(self).__name__}, got {got}: "
+                                                f"{self._needs_all_stages}")
+
+    def _check_mask(self, mask, shape: torch.Size) -> torch.Tensor | None:
+        """``mask`` as (N,) bool if it has the leading shape of the channel-last input
+        ``shape`` (..., D) and lies on the CPU or the codebooks' device; None stays None."""
+        if mask is None:
+            return None
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool torch.Tensor, got "
+                            f"{getattr(mask, 'dtype', type(mask).__name__)}")
+        if mask.shape != shape[:-1]:
+            raise ValueError(f"mask must have the input's shape without the data dimension, "
+                             f"{tuple(shape[:-1])}, got {tuple(mask.shape)}")
+        if mask.device not in (CPU, self.codebooks.device):
+            raise ValueError(f"mask must be on the CPU or on {self.codebooks.device}, got "
+                             f"{mask.device}")
+        return mask.reshape(-1)
+
+    def _check_codebooks_trainable(self) -> None:
+        """Refuse moving-average codebooks that an optimizer would move as well."""
+        if self.codebook_update == "ema" and self.codebooks.requires_grad:
+            raise RuntimeError("codebooks require grad, but with codebook_update='ema' the "
+                               "moving averages train them; call "
+                               "quantizer.codebooks.requires_grad_(False) (e.g. after "
+                               "model.requires_grad_(True))")
+
+    def _check_indices(self, indices) -> tuple[torch.Tensor, torch.Size]:
+        """Check codes (..., n), or (B, n, ...) with ``channel_first``, and return them as
+        (N, n) with their channel-last shape (..., n)."""
         if not isinstance(indices, torch.Tensor):
             raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
         if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
             raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
-        if indices.dim() == 0 or indices.shape[-1] != self.num_stages:
-            raise ValueError(f"indices must have shape (..., {self.num_stages}) (one index per "
-                             f"codebook), got {tuple(indices.shape)}")
-        if indices.numel() and (indices.min() < 0 or indices.max() >= self.codebook_size):
-            raise ValueError(f"indices must be in [0, {self.codebook_size - 1}], got values in "
+        given = tuple(indices.shape)
+        if self.channel_first and indices.dim() > 1:
+            indices = indices.movedim(1, -1)  # (B, ..., n)
+        layout = "(B, {}, ...)" if self.channel_first else "(..., {})"
+        stages = self.num_stages
+        if indices.dim() == 0 or not 1 <= indices.shape[-1] <= stages:
+            raise ValueError(f"indices must have shape {layout.format('n')} with 1 <= n <= "
+                             f"{stages} (one index for each of the first n codebooks), got "
+                             f"{given}")
+        if indices.shape[-1] < stages:
+            self._refuse_fewer_stages("indices", f"of shape {layout.format(stages)}",
+                                      str(given))
+        entries = self.codebook_size
+        if torch.compiler.is_compiling():  # kept in the graph, no host synchronisation
+            wide = indices.long()
+            torch._assert_async(((wide >= 0) & (wide < entries)).all(),
+                                f"indices must be in [0, {entries - 1}]")
+        elif indices.numel() and (indices.min() < 0 or indices.max() >= entries):
+            raise ValueError(f"indices must be in [0, {entries - 1}], got values in "
                              f"[{int(indices.min())}, {int(indices.max())}]")
+        return indices.reshape(-1, indices.shape[-1]), indices.shape
 
     def get_extra_state(self) -> dict:
         """What a checkpoint records beside the tensors: the class and the estimator."""

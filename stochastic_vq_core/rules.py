@@ -19,13 +19,24 @@ def invalid(kind: type[Exception], argument: str, message: str) -> Exception:
     return error
 
 
-def check_int(argument: str, value, minimum: int = 1) -> int:
-    """``value`` as an int if it is an integer >= ``minimum`` (bools are refused)."""
+def check_int(argument: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an int if it is an integer >= ``minimum`` (and <= ``maximum`` if given;
+    bools are refused)."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise invalid(TypeError, argument, f"must be an integer, got {type(value).__name__}")
+    if maximum is not None and not minimum <= value <= maximum:
+        raise invalid(ValueError, argument,
+                      f"must be an integer in [{minimum}, {maximum}], got {value}")
     if value < minimum:
         raise invalid(ValueError, argument, f"must be an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def check_bool(argument: str, value) -> bool:
+    """``value`` if it is a bool (True or False, not 0 or 1)."""
+    if not isinstance(value, bool):
+        raise invalid(TypeError, argument, f"must be True or False, got {value!r}")
+    return value
 
 
 def check_bits_per_stage(argument: str, value) -> int:

@@ -122,7 +122,7 @@ BAD_INDICES = {
     "too large": (lambda: torch.full((3, M), K), ValueError),
     "negative": (lambda: torch.tensor([[0] * (M - 1) + [-1]]), ValueError),
     "too many codebooks": (lambda: torch.zeros(3, M + 1, dtype=torch.long), ValueError),
-    "too few codebooks": (lambda: torch.zeros(3, M - 1, dtype=torch.long), ValueError),
+    "no codebooks": (lambda: torch.zeros(3, 0, dtype=torch.long), ValueError),
     "scalar": (lambda: torch.tensor(0), ValueError),
     "float": (lambda: torch.zeros(3, M), TypeError),
     "bool": (lambda: torch.zeros(3, M, dtype=torch.bool), TypeError),
