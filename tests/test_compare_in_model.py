@@ -270,14 +270,19 @@ def test_time_bottleneck_prints_a_row_per_arm_and_trains_nothing(capsys):
 
 # The scalable mode (--dropout): one model scored from its first n codebooks.
 
-def _trained_residual_vq(**options):
-    """A ResidualVQ adapter (4 codebooks of 4 entries) with ``options``, moved off its
-    initialisation by three training calls, in eval mode; with latents (2, 8, 8, 64)."""
-    quantizer = ARMS_BY_NAME[f"{VQP} ResidualVQ rotation trick"].build(8, 8, **options).quantizer
-    latents = torch.randn(2, 8, 8, 64)  # (B, h, w, D)
+RESIDUAL_VQ = f"{VQP} ResidualVQ rotation trick"
+
+
+def _trained(arm_name: str = RESIDUAL_VQ):
+    """The quantizer of an arm (4 codebooks of 4 entries) built with quantizer dropout,
+    moved off its initialisation by three training calls, in eval mode; with latents
+    (2, 8, 8, 64)."""
+    arm = ARMS_BY_NAME[arm_name]
+    quantizer = arm.build(8, 8, **arm.dropout(1.0, 1)).quantizer
+    latents = torch.randn(2, 8, 8, 64, requires_grad=True)  # (B, h, w, D)
     for _ in range(3):
-        (quantizer(latents)[0].square().sum() + quantizer.loss).backward()
-    return quantizer.eval(), latents
+        (quantizer(latents)[0].square().sum() + getattr(quantizer, "loss", 0.0)).backward()
+    return quantizer.eval(), latents.detach()
 
 
 def test_scalable_arms_are_ours_but_pvq_and_residual_vq():
@@ -287,8 +292,10 @@ def test_scalable_arms_are_ours_but_pvq_and_residual_vq():
                         or arm.quantizer.startswith("ResidualVQ")}
     ours = ARMS_BY_NAME["this rvq ema diveq"].dropout(0.5, 2)
     assert ours == {"quantizer_dropout": 0.5, "dropout_min_stages": 2}
-    peer = ARMS_BY_NAME[f"{VQP} ResidualVQ rotation trick"].dropout(0.5, 2)
+    peer = ARMS_BY_NAME[RESIDUAL_VQ].dropout(0.5, 2)
     assert peer == {"quantize_dropout": True, "quantize_dropout_cutoff_index": 1}
+    quantizer = ARMS_BY_NAME["this avq nsvq"].build(8, 8, **ours).quantizer
+    assert (quantizer.quantizer_dropout, quantizer.dropout_min_stages) == (0.5, 2)
 
 
 def test_residual_vq_dropout_options_reach_the_layer():
@@ -319,7 +326,7 @@ def test_residual_vq_draws_its_dropout_per_batch():
 @pytest.mark.parametrize("num_stages", [1, 2, 3, 4])
 def test_peer_first_n_rows_decode_the_first_n_codes(num_stages):
     pytest.importorskip(MODULES[VQP])
-    quantizer, latents = _trained_residual_vq(quantize_dropout=True)
+    quantizer, latents = _trained()
     codes = quantizer.encode(latents)  # (B, h, w, M)
     first = quantizer.encode(latents, num_stages=num_stages)
     assert torch.equal(first, codes[..., :num_stages])
@@ -331,13 +338,13 @@ def test_peer_first_n_rows_decode_the_first_n_codes(num_stages):
         torch.testing.assert_close(found, quantizer(latents)[0])
 
 
-def test_stage_scores_come_from_encode_with_num_stages(monkeypatch):
+@pytest.mark.parametrize("arm_name", ["this rvq ema diveq", RESIDUAL_VQ])
+def test_stage_scores_come_from_encode_with_num_stages(arm_name, monkeypatch):
     """score_stages asks the quantizer for n-codebook codes, n = 1 ... M in turn, and scores
     what they decode to (this library's AVQ: a search over the first n codebooks, not the
-    full codes cut short)."""
-    pytest.importorskip(MODULES[VQP])
-    pytest.importorskip("skimage")
-    quantizer, _ = _trained_residual_vq(quantize_dropout=True)
+    full codes cut short; for residual quantizers both are the same)."""
+    _skip_unless_installed(ARMS_BY_NAME[arm_name].library)
+    quantizer, _ = _trained(arm_name)
     model = compare_in_model.VQVAE(quantizer, 8)
     asked = []
     encode = quantizer.encode
@@ -366,6 +373,35 @@ def test_summarise_stages_gives_means_and_ranges_per_n():
     assert row["psnr_stages_range"] == [[20.0, 22.0], [23.0, 24.0]]
     assert row["ssim_stages"] == pytest.approx([0.55, 0.7])
     assert row["ssim_stages_range"] == [[0.5, 0.6], [0.7, 0.7]]
+
+
+def test_dropout_mode_builds_every_arm_with_its_dropout(monkeypatch):
+    _skip_unless_installed(VQP)
+    built = []  # (share or True, fewest codebooks) of each model trained
+    train = compare_in_model.image_experiment.train_vqvae
+
+    def recording_train(model, *args):
+        quantizer = model.quantizer
+        if hasattr(quantizer, "layer"):  # vector-quantize-pytorch's ResidualVQ
+            built.append((quantizer.layer.quantize_dropout,
+                          quantizer.layer.quantize_dropout_cutoff_index + 1))
+        else:
+            built.append((quantizer.quantizer_dropout, quantizer.dropout_min_stages))
+        return train(model, *args)
+
+    monkeypatch.setattr(compare_in_model.image_experiment, "train_vqvae", recording_train)
+    compare_in_model.main(TINY + ["--dropout", "0.5", "--dropout-min-stages", "2",
+                                  "--arms", "this rvq nsvq", "ResidualVQ rotation"])
+    assert built == [(0.5, 2), (True, 2)]
+
+
+def test_dropout_share_0_trains_and_scores_the_fixed_rate_model():
+    _skip_unless_installed("this")
+    arm = ["--arms", "this rvq ema"]
+    fixed = compare_in_model.main(TINY + arm)[0]
+    scalable = compare_in_model.main(TINY + arm + ["--dropout", "0"])[0]
+    assert scalable["psnr_stages"][-1] == scalable["psnr"] == fixed["psnr"]
+    assert scalable["usage"] == fixed["usage"]
 
 
 @pytest.mark.slow
