@@ -25,7 +25,7 @@ class PVQ(VectorQuantizer):
         device: where the codebooks live.
         **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
             ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
-            or "diveq") and ``diveq_noise``.
+            or "diveq"), ``diveq_noise``, ``codebook_update``, ``ema_decay``, ``channel_first``.
 
     The trainable parameter ``codebooks`` has shape (M, K, D/M).
     """
@@ -70,7 +70,7 @@ class PVQ(VectorQuantizer):
 
     def _decode(self, codes):
         """The chosen codewords side by side, (N, D), differentiable in ``codebooks``."""
-        return self._gather_codewords(codes).view(len(codes), self.data_dim)
+        return self._gather_codewords(codes).flatten(1)
 
     @torch.no_grad()
     def search_tables(self, queries: torch.Tensor) -> torch.Tensor:

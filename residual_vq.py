@@ -25,7 +25,8 @@ class RVQ(VectorQuantizer):
         device: where the codebooks live.
         **options: the keyword options of ``VectorQuantizer``: ``check_finite``,
             ``replacement_noise``, ``process_group``, ``estimator`` ("nsvq", the paper's,
-            or "diveq") and ``diveq_noise``.
+            or "diveq"), ``diveq_noise``, ``codebook_update``, ``ema_decay``,
+            ``quantizer_dropout``, ``dropout_min_stages``, ``channel_first``.
 
     The trainable parameter ``codebooks`` has shape (M, K, D).
     """

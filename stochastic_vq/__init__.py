@@ -1,10 +1,11 @@
 """Additive, product and residual VQ trained by stochastic optimization, and what is built
 on them.
 
-    from stochastic_vq import AVQ, PVQ, RVQ, VQVAE
+    from stochastic_vq import AVQ, PVQ, RVQ, VQVAE, pack_codes, unpack_codes
 
 gives the classes of the top-level modules ``additive_vq``, ``product_vq``,
-``residual_vq`` and ``vq_vae``. This package is the upper storey of the library's layers
+``residual_vq`` and ``vq_vae``, and the packing of codes into bytes
+(``stochastic_vq_core.codes``). This package is the upper storey of the library's layers
 (entry points -> this package -> the quantizers and ``vq_vae`` -> ``stochastic_vq_core``),
 one idea per module:
 
@@ -19,6 +20,8 @@ from additive_vq import AVQ
 from product_vq import PVQ
 from residual_vq import RVQ
 from stochastic_vq_core import __version__
+from stochastic_vq_core.codes import pack_codes, packed_size, unpack_codes
 from vq_vae import VQVAE
 
-__all__ = ["AVQ", "PVQ", "RVQ", "VQVAE", "__version__"]
+__all__ = ["AVQ", "PVQ", "RVQ", "VQVAE", "__version__", "pack_codes", "packed_size",
+           "unpack_codes"]

@@ -234,12 +234,9 @@ class VectorQuantizer(nn.Module):
             train_mode = self.training
         with full_precision(x.device):
             if train_mode:
-                per_example = None
-                if num_stages is None and self.quantizer_dropout:
-                    examples = shape[0] if len(shape) > 1 else 1
-                    per_example = draw_stages(examples, self.quantizer_dropout,
-                                              self.dropout_min_stages, self.num_stages)
-                out, codes = self._train(x, stages, per_example, keep)
+                dropout = num_stages is None and self.quantizer_dropout > 0
+                examples = (shape[0] if len(shape) > 1 else 1) if dropout else None
+                out, codes = self._train(x, stages, examples, keep)
             else:
                 out, codes = self._quantize(x, stages, keep)
         out = self._restore(out.to(input_data.dtype), shape)
@@ -443,40 +440,69 @@ class VectorQuantizer(nn.Module):
             text += f", codebook_update={self.codebook_update!r}, ema_decay={self.ema_decay}"
         return text
 
-    def _train(self, x: torch.Tensor, stages: int, per_example: torch.Tensor | None,
+    def _train(self, x: torch.Tensor, stages: int, examples: int | None,
                keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training-mode output (N, D) and codes (N, w) of x (N, D).
 
-        Every vector uses the first ``stages`` codebooks, or the number ``per_example``
-        (B,) gives its example (B examples of N/B consecutive vectors each); the
-        vectors that ``keep`` (N,) marks False are returned as they are, with codes -1.
-        Vectors that use the same codebooks are searched, decoded and learnt from as a
-        group; the estimator runs over all kept vectors in their own order.
+        Every vector uses the first ``stages`` codebooks, or, when ``examples`` (B) is
+        given, the number quantizer dropout draws for its example (B examples of N/B
+        consecutive vectors each); the vectors that ``keep`` (N,) marks False are
+        returned as they are, with codes -1. Vectors that use the same codebooks are
+        searched, decoded and learnt from as a group; the estimator runs over all kept
+        vectors in their own order.
         """
-        if per_example is None and keep is None:  # every vector, the same codebooks
+        if examples is None and keep is None:  # every vector, the same codebooks
             codes = self._search(x, stages)  # (N, n)
             quantized = self._decode(codes).to(x.dtype)  # (N, D)
             self._learn([(x, codes, quantized)])
             return estimate(self.estimator, self.diveq_noise, x, quantized), codes
-        width = stages if per_example is None else self.num_stages
-        per_row = (torch.full((len(x),), stages) if per_example is None
-                   else per_example.repeat_interleave(len(x) // len(per_example)))  # (N,)
+        return self._train_groups(x, stages, examples, keep)
+
+    @torch.compiler.disable
+    def _train_groups(self, x: torch.Tensor, stages: int, examples: int | None,
+                      keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_train`` for vectors that use different codebooks or are masked out. The
+        groups' sizes depend on the data, so torch.compile runs this part eagerly."""
+        if examples is None:
+            width, per_row = stages, torch.full((len(x),), stages)  # (N,)
+        else:
+            width = self.num_stages
+            per_example = draw_stages(examples, self.quantizer_dropout,
+                                      self.dropout_min_stages, self.num_stages)  # (B,)
+            per_row = per_example.repeat_interleave(len(x) // examples)  # (N,)
         order, groups = stage_groups(per_row, None if keep is None else keep.cpu())
         order = order.to(x.device)  # (R,) the kept vectors, grouped
         codes = torch.full((len(x), width), -1, dtype=torch.long, device=x.device)  # (N, w)
-        if not groups:  # every vector masked out
-            return x.clone(), codes
         kept = x.index_select(0, order)  # (R, D)
         parts = []
         for part, (_, n) in zip(kept.split([size for size, _ in groups]), groups):
             part_codes = self._search(part, n)  # (R_g, n)
             parts.append((part, part_codes, self._decode(part_codes).to(x.dtype)))
-        self._learn(parts)
+        self._learn(self._with_other_processes_groups(parts, kept[:0]))
+        if not parts:  # every vector masked out
+            return x.clone(), codes
         quantized = torch.cat([part_quantized for _, _, part_quantized in parts])  # (R, D)
         kept_codes = torch.cat([F.pad(part_codes, (0, width - part_codes.shape[1]), value=-1)
                                 for _, part_codes, _ in parts])  # (R, w)
         out = estimate(self.estimator, self.diveq_noise, kept, quantized)  # (R, D)
         return x.index_copy(0, order, out), codes.index_copy_(0, order, kept_codes)
+
+    def _with_other_processes_groups(self, groups: list, empty: torch.Tensor) -> list:
+        """``groups`` (x, codes (N_g, n), quantized) in ascending n, with an empty group
+        for each n that only other processes of the process group use, when moving
+        averages are summed over several processes: every process then takes the same
+        moving-average steps, which stay equal. Costs one host synchronisation there.
+        ``empty``: (0, D)."""
+        sync = Sync(self.process_group)
+        if sync.size == 1 or self.codebook_update != "ema":
+            return groups
+        used = torch.zeros(self.num_stages + 1, device=empty.device)  # (M + 1,) n used here
+        for _, codes, _ in groups:
+            used[codes.shape[1]] = 1
+        everywhere = sync.sum(used).nonzero().flatten().tolist()
+        here = {group[1].shape[1]: group for group in groups}
+        none = empty.new_zeros(0, dtype=torch.long)
+        return [here.get(n, (empty, none.view(0, n), empty)) for n in everywhere]
 
     def _quantize(self, x: torch.Tensor, stages: int, keep: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -593,16 +619,17 @@ class VectorQuantizer(nn.Module):
                             device=device)
 
     def _ema_step(self, x: torch.Tensor, codes: torch.Tensor, quantized: torch.Tensor) -> None:
-        """Move the codewords chosen for x (N, D) by codes (N, M), which decode to quantized
-        (N, D), toward their targets."""
+        """Move the codewords chosen for x (N, D) by codes (N, n) into the first n codebooks,
+        which decode to quantized (N, D), toward their targets."""
         rows = codes + self._offsets(x.device)[:codes.shape[1]]  # (N, n) rows of _rows()
         sums = torch.zeros_like(self.ema_sum)  # (MK, d) the batch's sum of targets per row
         targets = self._codeword_targets(x.detach(), codes, quantized.detach())
         for stage, stage_targets in enumerate(targets):
             sums.index_add_(0, rows[:, stage], stage_targets.to(sums.dtype))
         sync = Sync(self.process_group)
-        ema_update(self._rows(), self.ema_count, self.ema_sum, rows, sums, self.ema_decay,
-                   sync.sum)
+        used = slice(0, codes.shape[1] * self.codebook_size)  # the first n codebooks' rows
+        ema_update(self._rows()[used], self.ema_count[used], self.ema_sum[used], rows,
+                   sums[used], self.ema_decay, sync.sum)
 
     def _codeword_targets(self, x: torch.Tensor, codes: torch.Tensor,
                           quantized: torch.Tensor) -> Iterator[torch.Tensor]:

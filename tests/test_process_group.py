@@ -98,6 +98,30 @@ def _worker_synchronised(rank: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
+def train_with_dropout(rank: int) -> dict:
+    """Moving-average RVQ with quantizer dropout and masks, each rank its own draws and
+    data; on rank 0 the first batch is all padding."""
+    torch.manual_seed(0)
+    vq = RVQ(M, BITS, D, codebook_update="ema", quantizer_dropout=1.0)
+    before = vq.codebooks.detach().clone()
+    torch.manual_seed(30 + rank)
+    for step in range(4):
+        mask = torch.rand(3, 5) < 0.6
+        if rank == 0 and step == 0:
+            mask[:] = False
+        vq(torch.randn(3, 5, D), train_mode=True, mask=mask)
+    return {"before": before, "after": vq.codebooks.detach().clone(),
+            "usage": vq.codebook_usage.clone()}
+
+
+def _worker_dropout(rank: int, folder: str) -> None:
+    _init(rank, folder)
+    try:
+        torch.save(train_with_dropout(rank), Path(folder) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
 def run_ranks(worker, folder: Path, timeout: float = 60.0) -> list:
     """Run ``worker(rank, folder)`` on WORLD processes; their saved results, by rank."""
     context = mp.spawn(worker, args=(str(folder),), nprocs=WORLD, join=False)
@@ -153,6 +177,17 @@ def test_synchronised_replacement_is_identical_on_all_ranks(synchronised, group,
     alone.replace_unused_codebooks(SYNC_BATCHES * WORLD, verbose=False,
                                    generator=torch.Generator().manual_seed(REPLACE_SEED))
     assert torch.equal(alone.codebooks.detach(), first["after"])
+
+
+@pytest.mark.slow
+def test_dropout_and_masks_keep_moving_averages_equal_on_all_ranks(tmp_path):
+    """Each rank draws its own numbers of codebooks and masks its own padding, yet the
+    ranks take the same moving-average steps: no collective waits, replicas stay equal."""
+    first, second = run_ranks(_worker_dropout, tmp_path)
+    assert torch.equal(first["before"], second["before"])
+    assert not torch.equal(first["usage"], second["usage"])
+    assert torch.equal(first["after"], second["after"])
+    assert not torch.equal(first["after"], first["before"])
 
 
 @pytest.mark.parametrize("kind", sorted(FACTORIES))

@@ -53,3 +53,25 @@ def test_conv_autoencoder_example_learns():
     after = (model(images) - images).pow(2).mean().item()
     assert after < 0.9 * before
     assert model.quantizer.codebooks.grad is not None
+
+
+@pytest.mark.slow
+def test_codec_example_serves_every_rate():
+    """The codec example's one model decodes from its first n codebooks, better with more
+    of them; its training codes mark padding frames -1."""
+    import torch
+
+    namespace = {"__name__": "readme"}
+    block = next(b for b in BLOCKS if "class TinyCodec" in b)
+    exec(compile(block.split("model.eval()")[0], "README.md codec", "exec"), namespace)
+    model, audio, frames, samples = (namespace[name] for name in
+                                     ("model", "audio", "frames", "samples"))
+    assert (namespace["codes"][~frames.unsqueeze(1).expand(-1, 4, -1)] == -1).all()
+    model.eval()
+    with torch.no_grad():
+        latents = model.encoder(audio)
+        errors = [(model.decoder(model.quantizer.decode(model.quantizer.encode(
+            latents, num_stages=n))) - audio).squeeze(1)[samples].pow(2).mean()
+            for n in range(1, 5)]
+    assert errors[0] > 1.5 * errors[-1]
+    assert all(fewer >= 0.99 * more for fewer, more in zip(errors, errors[1:]))

@@ -26,6 +26,16 @@ def test_compress_decompress_equals_the_eval_forward(method):
     assert vae.bits_per_image() == 64 * 12 and vae.bits_per_image(64, 48) == 192 * 12
 
 
+@pytest.mark.parametrize("method", ["avq", "rvq"])
+def test_compress_with_the_first_n_codebooks(method):
+    vae = model(method).eval()
+    images = torch.rand(2, 3, 32, 32)
+    codes = vae.compress(images, num_stages=2)
+    assert codes.shape == (2, 8, 8, 2)
+    assert torch.equal(codes, vae.quantizer.encode(vae.latents(images), num_stages=2))
+    assert torch.equal(vae.decompress(codes), vae.reconstruct(vae.quantizer.decode(codes)))
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_training_mode_passes_gradients_to_encoder_decoder_and_codebooks(method):
     vae = model(method).train()
