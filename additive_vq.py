@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from stochastic_vq_core import native
 from stochastic_vq_core.quantizer import CPU, VectorQuantizer
 from stochastic_vq_core.rules import check_int
 from stochastic_vq_core.usage import replace_rows
@@ -73,13 +74,24 @@ class AVQ(VectorQuantizer):
             raise TypeError("AVQ needs a beam_width")
         return cls(num_stages, vq_bitrate_per_stage, data_dim, beam_width, **options)
 
+    @property
+    def search_backend(self) -> str:
+        """Which beam search encodes on the codebooks' device: "native" (the C++ kernel)
+        or "torch" (``beam_search_torch``); both give the same codes."""
+        return search_backend(self.codebooks.device, self.num_stages, self.codebook_size,
+                              self.beam_width)
+
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, beam_width={self.beam_width}"
+        return (f"{super().extra_repr()}, beam_width={self.beam_width}, "
+                f"search={self.search_backend!r}")
 
     def _elements_per_row(self, stages: int) -> int:
+        total = stages * self.codebook_size
+        if search_backend(self.codebooks.device, stages, self.codebook_size,
+                          self.beam_width) == "native":  # per vector: its (nK,) errors
+            return total
         # per vector: the (B, nK) candidates, and at most (B*n)² codeword comparisons
         # between beams in ``_drop_repeated_sets``
-        total = stages * self.codebook_size
         beams = min(self.beam_width, total)
         return max(beams * total, (beams * stages) ** 2)
 
@@ -116,15 +128,41 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
 
     Returns:
         (N, M) int64, the index within each codebook, ordered by codebook.
+
+    The native kernel runs where ``search_backend`` says so, else ``beam_search_torch``;
+    both give the same codes.
     """
-    n, stages, total = len(x), num_stages, len(codewords)
-    entries = total // stages
     # error of adding codeword j to an empty tuple, less the constant ||x||², (N, MK);
     # non-finite input (allowed with check_finite=False) must not outrank the +inf that
     # keeps used codebooks out, so its errors are clamped to finite values
     base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
     base = torch.nan_to_num(base, nan=_HUGE, posinf=_HUGE, neginf=-_HUGE)
+    if search_backend(x.device, num_stages, len(codewords) // num_stages,
+                      beam_width) == "native":
+        return native.avq_beam_search(base, cross, num_stages, beam_width)
+    return beam_search_torch(base, cross, num_stages, beam_width)
 
+
+def search_backend(device: torch.device, num_stages: int, entries: int,
+                   beam_width: int) -> str:
+    """Which beam search runs for tensors on ``device``: "native" (the C++ kernel of
+    ``stochastic_vq_core.native``, on a CPU where it could be built, for searches of the
+    sizes it takes) or "torch"."""
+    if (device.type == "cpu" and native.takes(num_stages, entries, beam_width)
+            and native.available()):
+        return "native"
+    return "torch"
+
+
+def beam_search_torch(base: torch.Tensor, cross: torch.Tensor, num_stages: int,
+                      beam_width: int) -> torch.Tensor:
+    """``beam_search`` in plain torch, batched over the vectors: the readable reference
+    of the native kernel and the search on devices it does not cover.
+
+    base: (N, M*K) ``||c_j||² - 2 <x, c_j>``, finite; cross: as in ``beam_search``.
+    """
+    n, stages, total = len(base), num_stages, len(cross)
+    entries = total // stages
     error, chosen = k_smallest(base, min(beam_width, total))  # (N, B) ascending
     # a large search keeps its (N, B, MK) tables in three buffers that take turns, each
     # allocated once: freed blocks this large go back to the system (glibc), and every new
@@ -133,13 +171,13 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     for _ in range(2, stages):
         most = min(beam_width, most * total)
     size = n * most * total
-    crossed_buffer, spare, added = (x.new_empty(size) if size >= _BUFFERED else None
+    crossed_buffer, spare, added = (base.new_empty(size) if size >= _BUFFERED else None
                                     for _ in range(3))
     # (N, B, MK): Σ_tuple <c_i, c_j> for every codeword j, inf if j's codebook is used
     crossed = _gather_rows(cross, chosen, crossed_buffer)
     path = chosen.unsqueeze(2)  # (N, B, t) codewords of each tuple, best tuple first
     beams = chosen.shape[1]
-    rows = torch.arange(0, n * beams, beams, device=x.device).unsqueeze(1)  # (N, 1) first beam
+    rows = torch.arange(0, n * beams, beams, device=base.device).unsqueeze(1)  # (N, 1) first beam
 
     for step in range(1, stages):
         # error of extending tuple b by codeword j: e_b + ||c_j||² - 2<x,c_j> + 2Σ_i<c_i,c_j>
@@ -165,7 +203,7 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
         crossed_buffer, spare = spare, crossed_buffer
         if chosen.shape[1] != beams:
             beams = chosen.shape[1]
-            rows = torch.arange(0, n * beams, beams, device=x.device).unsqueeze(1)
+            rows = torch.arange(0, n * beams, beams, device=base.device).unsqueeze(1)
 
     # the best tuple (N, M); codebook m owns codewords m*K ... (m+1)*K - 1, so sorting
     # puts them in codebook order

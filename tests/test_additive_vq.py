@@ -16,6 +16,7 @@ from original_reference import (
     avq_error,
     avq_exhaustive,
 )
+from stochastic_vq_core import native
 
 
 def random_avq(stages, bits, dim, beam_width, scale=1.0):
@@ -238,6 +239,7 @@ def test_buffered_search_equals_unbuffered(stages, bits, beam, monkeypatch):
     with torch.no_grad():
         vq.codebooks.normal_()
     x = torch.randn(300, 16)
+    monkeypatch.setattr(native, "available", lambda: False)  # the torch search's buffers
     monkeypatch.setattr(additive_vq, "_BUFFERED", 2**62)
     unbuffered = vq.encode(x)
     monkeypatch.setattr(additive_vq, "_BUFFERED", 1)

@@ -38,6 +38,9 @@ import stochastic_vq
 assert (stochastic_vq.AVQ, stochastic_vq.PVQ, stochastic_vq.RVQ) == (AVQ, PVQ, RVQ)
 from stochastic_vq_core.complexity import AVQ_Complexity
 assert round(AVQ_Complexity(128, 32, 4, beam_width=8).wmops(), 5) == 0.82417
+import shutil
+expected = "native" if shutil.which("c++") or shutil.which("g++") else "torch"
+assert AVQ(3, 4, 16, 4).search_backend == expected  # the kernel builds from the wheel
 print(additive_vq.__file__)
 """
 
@@ -69,7 +72,8 @@ def test_wheel_holds_the_library_and_nothing_else(wheel):
                                                           "stochastic_vq_core/"))}
     assert {"stochastic_vq/__init__.py", "stochastic_vq/loop.py",
             "stochastic_vq/published_results.json", "stochastic_vq_core/quantizer.py",
-            "stochastic_vq_core/complexity.py"} <= package
+            "stochastic_vq_core/complexity.py", "stochastic_vq_core/native/__init__.py",
+            "stochastic_vq_core/native/beam_search.cpp"} <= package
     assert not any(name.startswith(("tests/", "benchmarks/", "Results/")) for name in names)
     metadata = next(name for name in names if name.endswith("METADATA"))
     text = zipfile.ZipFile(wheel).read(metadata).decode()
