@@ -5,6 +5,7 @@ peer a user could pick, at equal bits per latent vector.
     python benchmarks/compare_in_model.py --data ~/data/cifar-10-batches-py --bits 16 32
     python benchmarks/compare_in_model.py --bits 16 --only diveq --json rows.json
     python benchmarks/compare_in_model.py --bits 16 --arms rvq ResidualVQ --estimator diveq
+    python benchmarks/compare_in_model.py --dropout 1 --ema-decay 0.99 --arms "rvq ema" ResidualVQ
     python benchmarks/compare_in_model.py --list
 
 Every run trains ``vq_vae.VQVAE`` with the settings of ``reproduce.py fig4 --quick`` (64
@@ -46,6 +47,17 @@ the fastest round's median step, with its ratio to the fastest other library's a
 ``--diagnose`` adds the test PSNR of each trained model with its decoder fed the
 unquantized latents (what the quantization costs) and, for this library's rows, the
 latents its quantizer gives in training mode (NSVQ's or DiVeQ's output).
+
+``--dropout SHARE`` is the scalable mode, one model for every bitrate: each arm that can
+decode from its first n codebooks trains with quantizer dropout and is scored from its
+first n = 1 ... M codebooks (n x ``bits / 4`` bits per latent vector;
+``scalable_scores.py``). This library's AVQ and RVQ drop on SHARE of the training
+examples, each example its own n (``quantizer_dropout=SHARE``; 0 trains the fixed-rate
+model, scored the same way) and are scored from ``encode(x, num_stages=n)``;
+vector-quantize-pytorch's ``ResidualVQ`` arms take ``quantize_dropout=True``, one n for
+the whole batch in every training batch (it has no share), and are scored from
+``get_output_from_indices`` of their first n codes. n is uniform in
+[``--dropout-min-stages``, M] on both sides.
 """
 
 from __future__ import annotations
