@@ -5,6 +5,7 @@ peer a user could pick, at equal bits per latent vector.
     python benchmarks/compare_in_model.py --data ~/data/cifar-10-batches-py --bits 16 32
     python benchmarks/compare_in_model.py --bits 16 --only diveq --json rows.json
     python benchmarks/compare_in_model.py --bits 16 --arms rvq ResidualVQ --estimator diveq
+    python benchmarks/compare_in_model.py --dropout 1 --ema-decay 0.99 --arms "rvq ema" ResidualVQ
     python benchmarks/compare_in_model.py --list
 
 Every run trains ``vq_vae.VQVAE`` with the settings of ``reproduce.py fig4 --quick`` (64
@@ -46,6 +47,17 @@ the fastest round's median step, with its ratio to the fastest other library's a
 ``--diagnose`` adds the test PSNR of each trained model with its decoder fed the
 unquantized latents (what the quantization costs) and, for this library's rows, the
 latents its quantizer gives in training mode (NSVQ's or DiVeQ's output).
+
+``--dropout SHARE`` is the scalable mode, one model for every bitrate: each arm that can
+decode from its first n codebooks trains with quantizer dropout and is scored from its
+first n = 1 ... M codebooks (n x ``bits / 4`` bits per latent vector;
+``scalable_scores.py``). This library's AVQ and RVQ drop on SHARE of the training
+examples, each example its own n (``quantizer_dropout=SHARE``; 0 trains the fixed-rate
+model, scored the same way) and are scored from ``encode(x, num_stages=n)``;
+vector-quantize-pytorch's ``ResidualVQ`` arms take ``quantize_dropout=True``, one n for
+the whole batch in every training batch (it has no share), and are scored from
+``get_output_from_indices`` of their first n codes. n is uniform in
+[``--dropout-min-stages``, M] on both sides.
 """
 
 from __future__ import annotations
@@ -68,6 +80,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scalable_scores import (  # noqa: E402
+    STAGE_SCORES,
+    print_header,
+    print_stage_row,
+    score_stages,
+    summarise_stages,
+)
 from stochastic_vq import image_experiment  # noqa: E402
 from stochastic_vq.points import run_points  # noqa: E402
 from stochastic_vq_core.codebook_updates import EMA_DECAY  # noqa: E402
@@ -117,11 +136,13 @@ class PeerQuantizer(nn.Module):
 class VQPytorchLayer(PeerQuantizer):
     """vector-quantize-pytorch's ``ResidualVQ`` (``kind="ResidualVQ"``) or ``VectorQuantize``
     with M heads of separate D/M-dimensional codebooks (``kind="VectorQuantize"``), built
-    with the keyword arguments ``options``."""
+    with the keyword arguments ``options`` and ``extra``."""
 
-    def __init__(self, kind: str, options: dict, bits: int):
+    def __init__(self, kind: str, options: dict, bits: int, **extra):
         super().__init__(bits)
         from vector_quantize_pytorch import ResidualVQ, VectorQuantize  # optional
+
+        options = {**options, **extra}
 
         if kind == "ResidualVQ":
             self.layer = ResidualVQ(dim=self.data_dim, num_quantizers=self.num_stages,
@@ -138,16 +159,19 @@ class VQPytorchLayer(PeerQuantizer):
         return quantized.reshape(x.shape)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Codes (..., M) of latents (..., D); call it in eval mode (in training mode the
-        layer would also update its codebooks)."""
-        _, codes, _ = self.layer(x.reshape(len(x), -1, self.data_dim))  # (B, n, M)
-        return codes.reshape(*x.shape[:-1], self.num_stages)
+    def encode(self, x: torch.Tensor, *, num_stages: int | None = None) -> torch.Tensor:
+        """Codes (..., M) of latents (..., D); with ``num_stages`` n, their first n
+        (..., n), what a ``ResidualVQ`` trained with ``quantize_dropout`` sends at a lower
+        bitrate (its search is greedy, stage by stage, so they are the n-stage codes). Call
+        it in eval mode (in training mode the layer would also update its codebooks)."""
+        _, codes, _ = self.layer(x.reshape(len(x), -1, self.data_dim))  # (B, L, M)
+        return codes.reshape(*x.shape[:-1], self.num_stages)[..., :num_stages]
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Latents (..., D) that codes (..., M) stand for."""
-        flat = codes.reshape(len(codes), -1, self.num_stages)  # (B, n, M)
+        """Latents (..., D) that codes (..., n) stand for, n <= M (n < M: the first n
+        stages' codewords, for a ``ResidualVQ`` with ``quantize_dropout``)."""
+        flat = codes.reshape(len(codes), -1, codes.shape[-1])  # (B, L, n)
         return self.layer.get_output_from_indices(flat).reshape(*codes.shape[:-1],
                                                                 self.data_dim)
 
@@ -199,16 +223,19 @@ class Arm:
 
     library: one of LIBRARIES; quantizer: the class (this library: the method key);
     estimator: how gradients pass the quantizer in training; settings: in words;
-    build(bits, channels): the untrained VQ-VAE; continuous: whether the codes include a
-    continuous position, so that they are not ``bits`` bits.
+    build(bits, channels, **options): the untrained VQ-VAE, ``options`` added to the
+    quantizer's; continuous: whether the codes include a continuous position, so that
+    they are not ``bits`` bits; dropout(share, min_stages): the quantizer's options for
+    quantizer dropout (``--dropout``), None where it cannot decode from fewer codebooks.
     """
 
     library: str
     quantizer: str
     estimator: str
     settings: str
-    build: Callable[[int, int], VQVAE]
+    build: Callable[..., VQVAE]
     continuous: bool = False
+    dropout: Callable[[float, int], dict] | None = None
 
     @property
     def name(self) -> str:
@@ -220,9 +247,23 @@ class Arm:
         return f"continuous codes, not {bits} bits" if self.continuous else f"{bits} bits"
 
 
-def _peer_model(quantizer: Callable[[int], nn.Module], bits: int, channels: int) -> VQVAE:
-    """The VQ-VAE with ``quantizer(bits)`` in its bottleneck."""
-    return VQVAE(quantizer(bits), channels)
+def _peer_model(quantizer: Callable[..., nn.Module], bits: int, channels: int,
+                **options) -> VQVAE:
+    """The VQ-VAE with ``quantizer(bits, **options)`` in its bottleneck."""
+    return VQVAE(quantizer(bits, **options), channels)
+
+
+def _our_dropout(share: float, min_stages: int) -> dict:
+    """This library's quantizer dropout: ``share`` of the training examples, drawn per
+    example, use their first n codebooks, n uniform in [min_stages, M]."""
+    return {"quantizer_dropout": share, "dropout_min_stages": min_stages}
+
+
+def _vqp_dropout(_share: float, min_stages: int) -> dict:
+    """vector-quantize-pytorch's ``ResidualVQ`` quantizer dropout: every training batch
+    uses its first n codebooks, one n per batch, uniform in [min_stages, M] (its
+    ``quantize_dropout_cutoff_index`` is min_stages - 1); it has no share to set."""
+    return {"quantize_dropout": True, "quantize_dropout_cutoff_index": min_stages - 1}
 
 
 def _ours(method: str, estimator: str, ema: bool = False) -> Arm:
@@ -241,14 +282,16 @@ def _ours(method: str, estimator: str, ema: bool = False) -> Arm:
         if ema else []) + [
         "unused codewords replaced every --replace-every steps"]
     return Arm("this", f"{method} ema" if ema else method, estimator, "; ".join(settings),
-               partial(image_experiment.build_model, method, estimator=estimator, **options))
+               partial(image_experiment.build_model, method, estimator=estimator, **options),
+               dropout=None if method == "pvq" else _our_dropout)
 
 
 def _vqp(quantizer: str, estimator: str, settings: str, options: dict) -> Arm:
     """A vector-quantize-pytorch arm: the class named first in ``quantizer``, ``options``."""
     kind = quantizer.split()[0]
     return Arm(VQP, quantizer, estimator, settings,
-               partial(_peer_model, partial(VQPytorchLayer, kind, options)))
+               partial(_peer_model, partial(VQPytorchLayer, kind, options)),
+               dropout=_vqp_dropout if kind == "ResidualVQ" else None)
 
 
 def _authors(module: str, name: str, estimator: str, settings: str) -> Arm:
@@ -308,13 +351,17 @@ def select_arms(only: str | None = None, patterns: list[str] | None = None,
 class Settings:
     """What the runs of one invocation share: training sizes (``preset``, with the test
     images to score), the data folder (None: photo tiles), ``diagnose``, torch threads,
-    and the decay of this library's moving-average arms (None: each arm's own)."""
+    the decay of this library's moving-average arms (None: each arm's own), and the
+    quantizer dropout of ``--dropout`` (None: fixed-rate training and rows) with its
+    fewest codebooks."""
 
     preset: image_experiment.ImagePreset
     data: str | None
     diagnose: bool
     threads: int
     ema_decay: float | None = None
+    dropout: float | None = None
+    dropout_min_stages: int = 1
 
 
 def _images(data: str | None, test_images: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,14 +373,18 @@ def _images(data: str | None, test_images: int) -> tuple[torch.Tensor, torch.Ten
 def run(settings: Settings, arm_name: str, bits: int, seed: int) -> dict:
     """Train one VQ-VAE with the bottleneck of arm ``arm_name`` and score it: a row with
     PSNR, SSIM, usage and ms per step (with ``settings.diagnose``, also the PSNR from
-    unquantized and, for this library, from training-mode latents)."""
+    unquantized and, for this library, from training-mode latents; with
+    ``settings.dropout``, trained with quantizer dropout and also scored from its first
+    n codebooks, n = 1 ... M)."""
     torch.set_num_threads(settings.threads)
     arm = ARMS_BY_NAME[arm_name]
     train_images, test_images = _images(settings.data, settings.preset.test_images)
     torch.manual_seed(seed)
     overrides = ({"ema_decay": settings.ema_decay}
                  if settings.ema_decay is not None and arm.quantizer.endswith(" ema") else {})
-    model = arm.build(bits, settings.preset.channels, **overrides)
+    dropout = ({} if settings.dropout is None
+               else arm.dropout(settings.dropout, settings.dropout_min_stages))
+    model = arm.build(bits, settings.preset.channels, **overrides, **dropout)
     quantizer = model.quantizer
     extra_loss = None if arm.library == "this" else (lambda: quantizer.loss)
     step_ms = image_experiment.train_vqvae(model, train_images, settings.preset,
@@ -346,6 +397,8 @@ def run(settings: Settings, arm_name: str, bits: int, seed: int) -> dict:
                train_images)), "step_ms": step_ms}
     if settings.diagnose:
         row.update(diagnosis(model, test_images, train_mode=arm.library == "this"))
+    if settings.dropout is not None:
+        row.update(score_stages(model, test_images), dropout=dropout)
     return row
 
 
@@ -371,11 +424,14 @@ def diagnosis(model: VQVAE, test_images: torch.Tensor, train_mode: bool) -> dict
 def summarise(runs: list[dict]) -> dict:
     """The row of the runs of one arm and bitrate: means over seeds, ranges and the runs."""
     first = runs[0]
-    row = {key: first[key] for key in ("library", "quantizer", "estimator", "rate", "bits")}
+    row = {key: first[key] for key in ("library", "quantizer", "estimator", "rate", "bits",
+                                       "dropout") if key in first}
     for key in [key for key in SCORES + DIAGNOSES if key in first]:
         values = [r[key] for r in runs]
         row[key] = statistics.fmean(values)
         row[f"{key}_range"] = [min(values), max(values)]
+    if STAGE_SCORES[0] in first:
+        row.update(summarise_stages(runs))
     row["seeds"] = [r["seed"] for r in runs]
     row["runs"] = runs
     return row
@@ -389,6 +445,9 @@ def quantizer_label(row: dict) -> str:
 
 
 def print_row(row: dict) -> None:
+    if STAGE_SCORES[0] in row:
+        print_stage_row(row, quantizer_label(row))
+        return
     low, high = row["psnr_range"]
     diagnosed = "".join(f"  {row[key]:8.2f}" if key in row else f"  {'-':>8}"
                         for key in DIAGNOSES) if DIAGNOSES[0] in row else ""
@@ -436,8 +495,9 @@ def print_arms() -> None:
     """One line per arm: library, quantizer, estimator and settings."""
     for arm in ARMS:
         installed_note = "" if installed(arm.library) else "  [not installed]"
+        scalable_note = "" if arm.dropout is None else "  [--dropout]"
         print(f"{arm.library:<23} {arm.quantizer:<40} {arm.estimator:<14} "
-              f"{arm.settings}{installed_note}")
+              f"{arm.settings}{scalable_note}{installed_note}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -476,6 +536,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ema-decay", type=float, default=None,
                         help="decay of this library's moving-average (ema) arms (default: "
                              f"{PVQ_EMA_DECAY:g} for PVQ, {EMA_DECAY:g} for AVQ and RVQ)")
+    parser.add_argument("--dropout", type=float, default=None, metavar="SHARE",
+                        help="scalable mode: train with quantizer dropout and score every "
+                             "model from its first n = 1 ... M codebooks; this library's arms "
+                             "drop on SHARE of the training examples (0: fixed-rate "
+                             "training), vector-quantize-pytorch's ResidualVQ on every batch "
+                             "(quantize_dropout=True; it has no share); arms that cannot "
+                             "decode from fewer codebooks are left out")
+    parser.add_argument("--dropout-min-stages", type=int, default=1, metavar="N",
+                        help="with --dropout: the fewest codebooks a training example (this "
+                             "library) or batch (ResidualVQ: quantize_dropout_cutoff_index "
+                             "N - 1) uses (default: 1)")
     parser.add_argument("--only", choices=LIBRARIES, default=None,
                         help="run one library's arms only")
     parser.add_argument("--arms", nargs="+", default=None, metavar="SUBSTRING",
@@ -516,7 +587,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     if not 0 <= args.decoder_finish < 1:
         parser.error(f"--decoder-finish must be in [0, 1), got {args.decoder_finish}")
+    if args.dropout is not None and not 0 <= args.dropout <= 1:
+        parser.error(f"--dropout must be in [0, 1], got {args.dropout}")
+    if not 1 <= args.dropout_min_stages <= PAPER_STAGES:
+        parser.error(f"--dropout-min-stages must be in [1, {PAPER_STAGES}], "
+                     f"got {args.dropout_min_stages}")
+    if args.dropout is None and args.dropout_min_stages != 1:
+        parser.error("--dropout-min-stages applies to --dropout only")
+    if args.dropout is not None and args.time_bottleneck:
+        parser.error("--dropout does not apply to --time-bottleneck")
     selected = select_arms(args.only, args.arms, args.estimator)
+    if args.dropout is not None:
+        selected = [arm for arm in selected if arm.dropout is not None]
     for library in dict.fromkeys(arm.library for arm in selected):
         if not installed(library):
             print(f"{library} is not installed: its arms are left out", file=sys.stderr)
@@ -535,17 +617,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
                      replace_every=args.replace_every, test_images=args.test_images,
                      decoder_finish=args.decoder_finish)
     settings = Settings(preset, args.data, args.diagnose, 1 if args.jobs > 1 else args.threads,
-                        args.ema_decay)
+                        args.ema_decay, args.dropout, args.dropout_min_stages)
     train_images, test_images = _images(args.data, args.test_images)
     print(f"data: {args.data or 'scikit-image photo tiles'}, train {len(train_images)}, test "
           f"{len(test_images)} images; {args.steps} steps of {args.batch_size}, "
           f"{args.channels} channels, Adam {args.lr}, {args.seeds} seeds, "
           f"{args.jobs} job(s) of {settings.threads} thread(s)"
           + (f"; decoder finish {args.decoder_finish:g}" if args.decoder_finish else "")
-          + (f"; ema arms' decay {args.ema_decay:g}" if args.ema_decay is not None else ""))
-    print(f"{'bits':>4}  {'library':<23} {'quantizer':<47} {'estimator':<14} "
-          f"{'PSNR dB (range)':>20}  {'SSIM':>6}  {'usage':>7}  {'ms/step':>7}"
-          + (f"  {'unq dB':>8}  {'train dB':>8}" if args.diagnose else ""), flush=True)
+          + (f"; ema arms' decay {args.ema_decay:g}" if args.ema_decay is not None else "")
+          + (f"; quantizer dropout ({args.dropout:g} of this library's examples), at least "
+             f"{args.dropout_min_stages} codebook(s); PSNR dB (range) from the first n "
+             "codebooks, bits per codebook first" if args.dropout is not None else ""))
+    if args.dropout is not None:
+        print_header(PAPER_STAGES)
+    else:
+        print(f"{'bits':>4}  {'library':<23} {'quantizer':<47} {'estimator':<14} "
+              f"{'PSNR dB (range)':>20}  {'SSIM':>6}  {'usage':>7}  {'ms/step':>7}"
+              + (f"  {'unq dB':>8}  {'train dB':>8}" if args.diagnose else ""), flush=True)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     groups = [[(arm.name, bits, seed) for seed in seeds]
               for bits in args.bits for arm in arms]

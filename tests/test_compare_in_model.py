@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import compare_in_model  # noqa: E402
+import scalable_scores  # noqa: E402
 from compare_in_model import ARMS, ARMS_BY_NAME, LIBRARIES, MODULES, VQP  # noqa: E402
 
 TINY = ["--bits", "8", "--steps", "2", "--seeds", "1", "--channels", "8", "--batch-size", "2",
@@ -75,6 +76,12 @@ def test_list_prints_every_arm(capsys):
     (["--only", "faiss"], "invalid choice"),
     (["--estimator", "ste"], "invalid choice"),
     (["--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
+    (["--dropout", "1.5"], "--dropout must be in [0, 1]"),
+    (["--dropout", "1", "--dropout-min-stages", "5"], "--dropout-min-stages must be in [1, 4]"),
+    (["--dropout-min-stages", "2"], "--dropout-min-stages applies to --dropout only"),
+    (["--dropout", "1", "--time-bottleneck"], "--dropout does not apply to --time-bottleneck"),
+    (["--dropout", "1", "--arms", "VectorQuantize", "ProductNSVQ", "this pvq"],
+     "no arm to run"),
 ])
 def test_refuses_bad_options_in_one_line(options, message, capsys):
     with pytest.raises(SystemExit):
@@ -259,3 +266,158 @@ def test_time_bottleneck_prints_a_row_per_arm_and_trains_nothing(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [row[:3] for row in rows] == [["8", "this", "rvq"]] * 3
     assert all(float(row[-2]) > 0 and row[-1] == "ms" for row in rows)  # no peer: no ratio
+
+
+# The scalable mode (--dropout): one model scored from its first n codebooks.
+
+RESIDUAL_VQ = f"{VQP} ResidualVQ rotation trick"
+
+
+def _trained(arm_name: str = RESIDUAL_VQ):
+    """The quantizer of an arm (4 codebooks of 4 entries) built with quantizer dropout,
+    moved off its initialisation by three training calls, in eval mode; with latents
+    (2, 8, 8, 64)."""
+    arm = ARMS_BY_NAME[arm_name]
+    quantizer = arm.build(8, 8, **arm.dropout(1.0, 1)).quantizer
+    latents = torch.randn(2, 8, 8, 64, requires_grad=True)  # (B, h, w, D)
+    for _ in range(3):
+        (quantizer(latents)[0].square().sum() + getattr(quantizer, "loss", 0.0)).backward()
+    return quantizer.eval(), latents.detach()
+
+
+def test_scalable_arms_are_ours_but_pvq_and_residual_vq():
+    scalable = {arm.name for arm in ARMS if arm.dropout is not None}
+    assert scalable == {arm.name for arm in ARMS
+                        if (arm.library == "this" and "pvq" not in arm.quantizer)
+                        or arm.quantizer.startswith("ResidualVQ")}
+    ours = ARMS_BY_NAME["this rvq ema diveq"].dropout(0.5, 2)
+    assert ours == {"quantizer_dropout": 0.5, "dropout_min_stages": 2}
+    peer = ARMS_BY_NAME[RESIDUAL_VQ].dropout(0.5, 2)
+    assert peer == {"quantize_dropout": True, "quantize_dropout_cutoff_index": 1}
+    quantizer = ARMS_BY_NAME["this avq nsvq"].build(8, 8, **ours).quantizer
+    assert (quantizer.quantizer_dropout, quantizer.dropout_min_stages) == (0.5, 2)
+
+
+def test_residual_vq_dropout_options_reach_the_layer():
+    pytest.importorskip(MODULES[VQP])
+    arm = ARMS_BY_NAME[f"{VQP} ResidualVQ kmeans+expiry rotation trick"]
+    layer = arm.build(8, 8, **arm.dropout(1.0, 3)).quantizer.layer
+    assert layer.quantize_dropout and layer.quantize_dropout_cutoff_index == 2
+    assert layer.layers[0]._codebook.threshold_ema_dead_code == 2  # the arm's own options
+
+
+def test_residual_vq_draws_its_dropout_per_batch():
+    """What the docs say of vector-quantize-pytorch's quantize_dropout: in training, one n
+    for the whole batch (the codes past it are -1), a new n at each call."""
+    pytest.importorskip(MODULES[VQP])
+    from vector_quantize_pytorch import ResidualVQ
+
+    layer = ResidualVQ(dim=64, num_quantizers=4, codebook_size=4, quantize_dropout=True)
+    kept = set()
+    for _ in range(20):
+        _, codes, _ = layer(torch.randn(8, 16, 64))  # codes (B, n, M)
+        used = (codes != -1).sum(-1)  # (B, n): codebooks each vector used
+        assert (used == used[0, 0]).all()  # the same for every example of the batch
+        assert (codes[..., :used[0, 0]] >= 0).all()  # the first ones
+        kept.add(int(used[0, 0]))
+    assert kept == {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("num_stages", [1, 2, 3, 4])
+def test_peer_first_n_rows_decode_the_first_n_codes(num_stages):
+    pytest.importorskip(MODULES[VQP])
+    quantizer, latents = _trained()
+    codes = quantizer.encode(latents)  # (B, h, w, M)
+    first = quantizer.encode(latents, num_stages=num_stages)
+    assert torch.equal(first, codes[..., :num_stages])
+    codebooks = quantizer.layer.codebooks  # (M, K, D)
+    expected = sum(codebooks[stage][codes[..., stage]] for stage in range(num_stages))
+    found = scalable_scores.first_stages(quantizer, num_stages, latents)  # (B, h, w, D)
+    torch.testing.assert_close(found, expected)
+    if num_stages == 4:  # all codebooks: the row of the fixed-rate scoring
+        torch.testing.assert_close(found, quantizer(latents)[0])
+
+
+@pytest.mark.parametrize("arm_name", ["this rvq ema diveq", RESIDUAL_VQ])
+def test_stage_scores_come_from_encode_with_num_stages(arm_name, monkeypatch):
+    """score_stages asks the quantizer for n-codebook codes, n = 1 ... M in turn, and scores
+    what they decode to (this library's AVQ: a search over the first n codebooks, not the
+    full codes cut short; for residual quantizers both are the same)."""
+    _skip_unless_installed(ARMS_BY_NAME[arm_name].library)
+    quantizer, _ = _trained(arm_name)
+    model = compare_in_model.VQVAE(quantizer, 8)
+    asked = []
+    encode = quantizer.encode
+
+    def recording_encode(latents, *, num_stages=None):
+        asked.append(num_stages)
+        return encode(latents, num_stages=num_stages)
+
+    monkeypatch.setattr(quantizer, "encode", recording_encode)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    found = scalable_scores.score_stages(model, images)
+    assert asked == [1, 2, 3, 4]
+    for num_stages, psnr in enumerate(found["psnr_stages"], 1):
+        reference = compare_in_model.image_experiment.score_images(
+            model, images, lambda latents, n=num_stages: quantizer.decode(encode(latents)[..., :n]))
+        assert psnr == pytest.approx(float(reference[0].mean()))
+    assert len(set(found["psnr_stages"])) == 4  # every n decodes differently
+
+
+def test_summarise_stages_gives_means_and_ranges_per_n():
+    runs = [{"psnr_stages": [20.0, 24.0], "ssim_stages": [0.5, 0.7]},
+            {"psnr_stages": [22.0, 23.0], "ssim_stages": [0.6, 0.7]}]
+    row = scalable_scores.summarise_stages(runs)
+    assert row["psnr_stages"] == [21.0, 23.5]
+    assert row["psnr_stages_range"] == [[20.0, 22.0], [23.0, 24.0]]
+    assert row["ssim_stages"] == pytest.approx([0.55, 0.7])
+    assert row["ssim_stages_range"] == [[0.5, 0.6], [0.7, 0.7]]
+
+
+def test_dropout_mode_builds_every_arm_with_its_dropout(monkeypatch):
+    _skip_unless_installed(VQP)
+    built = []  # (share or True, fewest codebooks) of each model trained
+    train = compare_in_model.image_experiment.train_vqvae
+
+    def recording_train(model, *args):
+        quantizer = model.quantizer
+        if hasattr(quantizer, "layer"):  # vector-quantize-pytorch's ResidualVQ
+            built.append((quantizer.layer.quantize_dropout,
+                          quantizer.layer.quantize_dropout_cutoff_index + 1))
+        else:
+            built.append((quantizer.quantizer_dropout, quantizer.dropout_min_stages))
+        return train(model, *args)
+
+    monkeypatch.setattr(compare_in_model.image_experiment, "train_vqvae", recording_train)
+    compare_in_model.main(TINY + ["--dropout", "0.5", "--dropout-min-stages", "2",
+                                  "--arms", "this rvq nsvq", "ResidualVQ rotation"])
+    assert built == [(0.5, 2), (True, 2)]
+
+
+def test_dropout_share_0_trains_and_scores_the_fixed_rate_model():
+    _skip_unless_installed("this")
+    arm = ["--arms", "this rvq ema"]
+    fixed = compare_in_model.main(TINY + arm)[0]
+    scalable = compare_in_model.main(TINY + arm + ["--dropout", "0"])[0]
+    assert scalable["psnr_stages"][-1] == scalable["psnr"] == fixed["psnr"]
+    assert scalable["usage"] == fixed["usage"]
+
+
+@pytest.mark.slow
+def test_dropout_mode_scores_every_n_and_its_last_is_the_fixed_rate_score(capsys):
+    _skip_unless_installed(VQP)
+    table = compare_in_model.main(TINY + ["--seeds", "2", "--dropout", "0.5",
+                                          "--arms", "this rvq ema", "ResidualVQ rotation"])
+    assert [row["library"] for row in table] == ["this", VQP]
+    assert table[0]["dropout"] == {"quantizer_dropout": 0.5, "dropout_min_stages": 1}
+    assert table[1]["dropout"] == {"quantize_dropout": True,
+                                   "quantize_dropout_cutoff_index": 0}
+    for row in table:
+        assert len(row["psnr_stages"]) == len(row["ssim_stages_range"]) == 4
+        assert row["psnr_stages"][-1] == pytest.approx(row["psnr"])  # n = M: all codes
+        for run in row["runs"]:
+            assert run["psnr_stages"][-1] == pytest.approx(run["psnr"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "n = 4" in lines[1]
+    assert lines[2].split()[:3] == ["2", "this", "RVQ"]  # 2 bits per codebook
