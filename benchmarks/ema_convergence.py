@@ -49,7 +49,7 @@ def use_rule(vq: VectorQuantizer, rule: str) -> None:
     elif rule == "damped":
         vq._ema_share = lambda stages: 1.0 / stages
     elif rule == "sequential":
-        vq._ema_step = lambda x, codes, quantized: sequential_step(vq, x, codes)
+        vq._ema_steps = lambda groups: [sequential_step(vq, x, codes) for x, codes, _ in groups]
 
 
 def sequential_step(vq: VectorQuantizer, x: torch.Tensor, codes: torch.Tensor) -> None:

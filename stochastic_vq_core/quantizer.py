@@ -621,11 +621,6 @@ class VectorQuantizer(nn.Module):
         return torch.arange(0, self.num_stages * self.codebook_size, self.codebook_size,
                             device=device)
 
-    def _ema_step(self, x: torch.Tensor, codes: torch.Tensor, quantized: torch.Tensor) -> None:
-        """``_ema_steps`` of one group: x (N, D) coded by codes (N, n) into the first n <= M
-        codebooks, which decode to quantized (N, D)."""
-        self._ema_steps([(x, codes, quantized)])
-
     def _ema_steps(self, groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
                    ) -> None:
         """One moving-average step of a training forward: the codewords chosen for the

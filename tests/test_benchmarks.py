@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bench_quantizers  # noqa: E402
 import bench_training_loop  # noqa: E402
 import compare_classical  # noqa: E402
+import ema_convergence  # noqa: E402
 
 
 @pytest.mark.parametrize("method, beam", [("avq", 2), ("rvq", 1), ("pvq", 1)])
@@ -89,3 +90,13 @@ def test_bench_optimizer_reset_compares_the_same_runs(capsys):
     assert rows[0]["replaced"] > 0 and 0 < rows[0]["reset"] != rows[0]["inherited"]
     line = capsys.readouterr().out.splitlines()[1].split()
     assert line[:2] == ["ar1", "RVQ"] and line[4].endswith("%")
+
+
+def test_ema_convergence_runs_each_rule_it_names():
+    """Each rule changes how the codebooks move (at M = 4, decay 0.5 the relaxation is
+    1/2, the damping 1/4), so no two rules give the same errors."""
+    args = ema_convergence.build_parser().parse_args(
+        ["--steps", "3", "--batch", "32", "--test", "64", "--dim", "8"])
+    errors = {rule: tuple(ema_convergence.run("rvq", 4, 1, 0.5, rule, args))
+              for rule in ema_convergence.RULES}
+    assert len(set(errors.values())) == len(ema_convergence.RULES)

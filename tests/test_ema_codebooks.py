@@ -1,5 +1,5 @@
 """Codebooks learnt by moving averages (``codebook_update="ema"``,
-stochastic_vq_core.codebook_updates and ``VectorQuantizer._ema_step``) on all three
+stochastic_vq_core.codebook_updates and ``VectorQuantizer._ema_steps``) on all three
 quantizers: the update against a loop-by-loop reference, the first n <= M codebooks, the
 relaxation, replacement, checkpoints, convergence over a grid of shapes and decays, and
 the options."""
@@ -81,7 +81,7 @@ def test_a_step_with_the_first_n_codebooks_moves_only_those(kind, stages):
             quantized[:, s * (D // M):(s + 1) * (D // M)] = chosen
         else:
             quantized += chosen
-    vq._ema_step(x, codes, quantized)
+    vq._ema_steps([(x, codes, quantized)])
     for actual, wanted, old in zip(state(vq), expected, before):
         assert torch.allclose(actual, wanted, atol=1e-10)
         assert torch.equal(actual[stages:], old[stages:])  # the rest untouched
