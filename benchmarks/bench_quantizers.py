@@ -173,7 +173,8 @@ def section_avq(args):
     if not native.available():
         report("AVQ native search", native.status(), "skipped")
         return
-    for (stages, bits, beam), steps in (((3, 5, 8), args.steps), ((4, 5, 16), args.steps)):
+    steps = args.steps
+    for stages, bits, beam in ((3, 5, 8), (4, 5, 16)):
         run = train_steps("avq", stages, bits, beam, "cpu", steps)
         native_s, torch_s = timed_in_turns([run, plain_torch(run)], args.rounds)
         label = "train step, batch 64, D=128"

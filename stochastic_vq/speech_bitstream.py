@@ -47,7 +47,7 @@ class RangeWriter:
         """Code each ``symbols[i]`` uniformly over ``0 ... sizes[i] - 1`` (exactly
         log2 sizes[i] bits for a power of two)."""
         if len(symbols):
-                self._encoder.encode(np.asarray(symbols, np.int32), self._stream.model.Uniform(),
+            self._encoder.encode(np.asarray(symbols, np.int32), self._stream.model.Uniform(),
                                  np.asarray(sizes, np.int32))
 
     def categorical(self, symbols: np.ndarray, probabilities: np.ndarray) -> None:
