@@ -1,8 +1,10 @@
 """The native AVQ search (stochastic_vq_core.native) against the plain-torch one, which
 stays the reference and the fallback: the same codes on data without exact ties."""
 
+import ctypes
 import itertools
 import os
+import platform
 import subprocess
 import sys
 
@@ -59,6 +61,29 @@ def test_exact_ties_give_the_same_error():
     ours = vq.decode(native.avq_beam_search(base, cross, 3, 8))
     reference = vq.decode(beam_search_torch(base, cross, 3, 8))
     torch.testing.assert_close((x - ours).pow(2).sum(1), (x - reference).pow(2).sum(1))
+
+
+X86 = platform.machine() in ("x86_64", "AMD64")
+VARIANTS = {"avx2": ["-mno-avx512f"], "scalar": ["-mno-avx512f", "-mno-avx2"]}
+
+
+@needs_native
+@pytest.mark.skipif(not X86, reason="the instruction-set variants are x86-64's")
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_instruction_set_gives_the_same_codes(variant, tmp_path, monkeypatch):
+    """The kernel built without AVX-512 (its AVX2 code, where the CPU has AVX2) and without
+    either (its scalar code) gives the torch search's codes too."""
+    monkeypatch.setenv("STOCHASTIC_VQ_CACHE", str(tmp_path))
+    library = native._bind(ctypes.CDLL(str(native._build(native.native_flags()
+                                                          + VARIANTS[variant]))))
+    generator = torch.Generator().manual_seed(2)
+    for (stages, bits, beam), dtype in itertools.product(
+            [(1, 3, 5), (2, 5, 16), (3, 5, 8), (4, 4, 16), (4, 8, 16), (6, 2, 32), (8, 1, 5)],
+            [torch.float32, torch.float64]):
+        base, cross = tables(stages, bits, 32, dtype, generator, rows=40)
+        ours = native._search(library, base, cross, stages, beam)
+        assert torch.equal(ours, beam_search_torch(base, cross, stages, beam)), \
+            (stages, bits, beam, dtype)
 
 
 @needs_native

@@ -112,10 +112,16 @@ def _cache_dir() -> Path:
     return Path(base) / "stochastic_vq"
 
 
-def _build() -> Path:
-    """The compiled library, built into the cache folder unless it is there already."""
+def native_flags() -> list[str]:
+    """The compiler flags of the build: FLAGS, and the host's instruction set on x86-64."""
+    return FLAGS + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
+
+
+def _build(flags: list[str] | None = None) -> Path:
+    """The compiled library (with ``flags``, default ``native_flags()``), built into the
+    cache folder unless it is there already."""
     compiler = _compiler()
-    flags = FLAGS + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
+    flags = native_flags() if flags is None else flags
     key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *flags, _cpu_signature()])
                          .encode()).hexdigest()[:16]
     folder = _cache_dir()
@@ -154,6 +160,12 @@ def avq_beam_search(base: torch.Tensor, cross: torch.Tensor, num_stages: int,
     library = _load()
     if library is None:
         raise RuntimeError(f"the native AVQ search is {status()}")
+    return _search(library, base, cross, num_stages, beam_width)
+
+
+def _search(library: ctypes.CDLL, base: torch.Tensor, cross: torch.Tensor, num_stages: int,
+            beam_width: int) -> torch.Tensor:
+    """``avq_beam_search`` with the kernel of ``library``."""
     base, cross = base.contiguous(), cross.contiguous()
     rows, total = base.shape
     codes = torch.empty(rows, num_stages, dtype=torch.long)

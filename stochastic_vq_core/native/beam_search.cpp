@@ -68,7 +68,49 @@ struct Scalar {
   }
 };
 
+// Lanes of int32 (codewords): compared a register at a time in ``Repeats``.
+struct ScalarInts {
+  using V = int32_t;
+  static constexpr int width = 1;
+  static V load(const int32_t* p) { return *p; }
+  static void store(int32_t* p, V v) { *p = v; }
+  static V set(int32_t v) { return v; }
+  static uint32_t equal(V a, V b) { return a == b; }
+  static V choose(V v, uint32_t lanes, V other) { return lanes & 1 ? other : v; }  // other where set
+  static uint64_t bits(V v, uint32_t lanes) { return lanes & 1 ? uint64_t(1) << v : 0; }
+};
+
+// Bit v_i set for each lane i set in lanes, all v_i < 64: one lane at a time.
+template <typename I>
+uint64_t bits_of_lanes(typename I::V v, uint32_t lanes) {
+  int32_t values[I::width];
+  I::store(values, v);
+  uint64_t bits = 0;
+  for (; lanes; lanes &= lanes - 1) bits |= uint64_t(1) << values[__builtin_ctz(lanes)];
+  return bits;
+}
+
 #if defined(__AVX512F__)
+struct Ints {
+  using V = __m512i;
+  static constexpr int width = 16;
+  static V load(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static void store(int32_t* p, V v) { _mm512_storeu_si512(p, v); }
+  static V set(int32_t v) { return _mm512_set1_epi32(v); }
+  static uint32_t equal(V a, V b) { return _mm512_cmpeq_epi32_mask(a, b); }
+  static V choose(V v, uint32_t lanes, V other) {
+    return _mm512_mask_mov_epi32(v, __mmask16(lanes), other);
+  }
+  // bit v_i set for each lane i set in lanes, all v_i < 64
+  static uint64_t bits(V v, uint32_t lanes) {
+    const __m512i one = _mm512_set1_epi64(1);
+    const __m512i low = _mm512_sllv_epi64(one, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(v)));
+    const __m512i high =
+        _mm512_sllv_epi64(one, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(v, 1)));
+    return _mm512_mask_reduce_or_epi64(__mmask8(lanes), low) |
+           _mm512_mask_reduce_or_epi64(__mmask8(lanes >> 8), high);
+  }
+};
 struct Floats {
   using V = __m512;
   static constexpr int width = 16;
@@ -86,10 +128,12 @@ struct Floats {
     return _mm512_mask_mov_ps(v, __mmask16(lanes), _mm512_set1_ps(__builtin_nanf("")));
   }
   static int append(V v, uint32_t mask, uint32_t key, float* values, uint32_t* keys) {
+    // compressed in a register and stored whole (width lanes past the count are spare):
+    // faster than a compressing store to memory
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    _mm512_mask_compressstoreu_ps(values, __mmask16(mask), v);
-    _mm512_mask_compressstoreu_epi32(keys, __mmask16(mask),
-                                     _mm512_add_epi32(_mm512_set1_epi32(int(key)), lane));
+    _mm512_storeu_ps(values, _mm512_maskz_compress_ps(__mmask16(mask), v));
+    _mm512_storeu_si512(keys, _mm512_maskz_compress_epi32(
+                                  __mmask16(mask), _mm512_add_epi32(_mm512_set1_epi32(int(key)), lane)));
     return __builtin_popcount(mask);
   }
 };
@@ -116,6 +160,23 @@ struct Doubles {
   }
 };
 #elif defined(__AVX2__)
+struct Ints {
+  using V = __m256i;
+  static constexpr int width = 8;
+  static V load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const V*>(p)); }
+  static void store(int32_t* p, V v) { _mm256_storeu_si256(reinterpret_cast<V*>(p), v); }
+  static V set(int32_t v) { return _mm256_set1_epi32(v); }
+  static uint32_t equal(V a, V b) {
+    return uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b))));
+  }
+  static V choose(V v, uint32_t lanes, V other) {
+    const __m256i bits = _mm256_set_epi32(128, 64, 32, 16, 8, 4, 2, 1);
+    const __m256i hit = _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32(int(lanes)), bits), bits);
+    return _mm256_blendv_epi8(v, other, hit);
+  }
+  static uint64_t bits(V v, uint32_t lanes) { return bits_of_lanes<Ints>(v, lanes); }
+};
 struct Floats {
   using V = __m256;
   static constexpr int width = 8;
@@ -175,12 +236,66 @@ struct Doubles {
   }
 };
 #else
+using Ints = ScalarInts;
 using Floats = Scalar<float>;
 using Doubles = Scalar<double>;
 #endif
 
 template <typename T>
 using Simd = std::conditional_t<std::is_same<T, float>::value, Floats, Doubles>;
+
+// The keep-th smallest (1 <= keep <= count) of values[0 ... count), none NaN, ties alike:
+// the smallest value that at least keep values are no larger than. False where no faster
+// way than counting is at hand (then out is left as it is).
+template <typename T>
+bool kth_smallest(const T*, int, int, T*) { return false; }
+
+#if defined(__AVX512F__)
+// One step of a bitonic network over 16 lanes: lanes i and i ^ j compared, the larger
+// kept where (i & j) != 0 differs from (i & k) != 0.
+template <int j, int k>
+__m512 exchange(__m512 v) {
+  constexpr uint32_t larger = [] {
+    uint32_t lanes = 0;
+    for (int i = 0; i < 16; ++i) lanes |= uint32_t(((i & j) != 0) != ((i & k) != 0)) << i;
+    return lanes;
+  }();
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512 other = _mm512_permutexvar_ps(_mm512_xor_si512(lane, _mm512_set1_epi32(j)), v);
+  return _mm512_mask_blend_ps(__mmask16(larger), _mm512_min_ps(v, other),
+                              _mm512_max_ps(v, other));
+}
+
+// A bitonic sequence of 16 lanes in ascending order.
+inline __m512 merge16(__m512 v) {
+  return exchange<1, 16>(exchange<2, 16>(exchange<4, 16>(exchange<8, 16>(v))));
+}
+
+// 16 lanes in ascending order.
+inline __m512 sort16(__m512 v) {
+  v = exchange<1, 2>(v);
+  v = exchange<1, 4>(exchange<2, 4>(v));
+  v = exchange<1, 8>(exchange<2, 8>(exchange<4, 8>(v)));
+  return merge16(v);
+}
+
+// 16 or 32 values: sorted by a network; of 32, the smallest 16 are the lane minima of
+// one sorted half against the other reversed (a bitonic sequence).
+template <>
+inline bool kth_smallest(const float* values, int count, int keep, float* out) {
+  if ((count != 16 && count != 32) || keep > 16) return false;
+  __m512 sorted = sort16(_mm512_loadu_ps(values));
+  if (count == 32) {
+    const __m512i reverse = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 other = _mm512_permutexvar_ps(reverse, sort16(_mm512_loadu_ps(values + 16)));
+    sorted = merge16(_mm512_min_ps(sorted, other));
+  }
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, sorted);
+  *out = lanes[keep - 1];
+  return true;
+}
+#endif
 
 // A value and a 32-bit position packed into one unsigned integer that orders as
 // (value, position).
@@ -268,14 +383,15 @@ struct Beams {
 // Which extensions repeat a better beam's set: a bit matrix of B rows of MK, bit j of
 // row b set when beam b extended by codeword j holds the same set as an extension of a
 // better beam a (a < b). That is exactly when a holds all but one of b's codewords and j
-// (then a's set is b's with that one swapped for j); masks of the beams that hold each
-// codeword find those a. (A bit may fall in a codebook b uses: no such extension.)
+// (then a's set is b's with that one swapped for j). The better beams are compared with b
+// a register of Ints::width beams at a time. (A bit may fall in a codebook b uses: no
+// such extension.)
 class Repeats {
  public:
-  Repeats(int total, int most)
-      : words_((most + 63) / 64),
+  Repeats(int stages, int total, int most)
+      : stride_((most + Ints::width - 1) / Ints::width * Ints::width),
         row_words_((total + 63) / 64),
-        holders_(size_t(total) * words_),
+        columns_(size_t(stages) * stride_),
         rows_(size_t(most) * row_words_),
         marked_(most) {}
 
@@ -291,57 +407,44 @@ class Repeats {
       }
       return;
     }
-    if (words_ == 1)  // up to 64 beams: the masks' loops of one word unrolled
-      find_sets<1>(path, count, size, stages);
-    else
-      find_sets<0>(path, count, size, stages);
-  }
-
-  // find's sets of two codewords or more, with masks of Words words (0: words_).
-  template <int Words>
-  void find_sets(const int32_t* path, int count, int size, int stages) {
-    const int words = Words ? Words : words_;
-    for (int b = 0; b < count; ++b)
-      for (int i = 0; i < size; ++i)
-        holders(path[size_t(b) * stages + i])[b / 64] |= uint64_t(1) << (b % 64);
-    std::vector<uint64_t> heap(Words ? 0 : 2 * words);
-    uint64_t one[2];
-    uint64_t* suspect = Words ? one : heap.data();
-    uint64_t* held = Words ? one + 1 : heap.data() + words;
+    int32_t* columns = columns_.data();  // (size, stride): codeword i of beam a at i, a
+    for (int a = 0; a < count; ++a)
+      for (int i = 0; i < size; ++i) columns[i * stride_ + a] = path[size_t(a) * stages + i];
+    constexpr uint32_t lanes = Ints::width == 32 ? ~0u : (1u << Ints::width) - 1;
     for (int b = 1; b < count; ++b) {
       const int32_t* mine = path + size_t(b) * stages;
-      for (int w = 0; w < words; ++w) suspect[w] = 0;
-      for (int out = 0; out < size; ++out) {  // beams holding all of b's codewords but one
-        for (int w = 0; w < words; ++w) held[w] = ~uint64_t(0);
-        for (int i = 0; i < size; ++i)
-          if (i != out)
-            for (int w = 0; w < words; ++w) held[w] &= holders(mine[i])[w];
-        for (int w = 0; w < words; ++w) suspect[w] |= held[w];
-      }
       uint64_t* bits = row(b);
-      uint64_t first_word = bits[0], any = 0;  // in registers: no store-to-load chain
-      for (int w = 0; w <= (b - 1) / 64; ++w) {  // only better beams
-        uint64_t better = suspect[w];
-        if (w == b / 64) better &= (uint64_t(1) << (b % 64)) - 1;
-        for (; better; better &= better - 1) {
-          const int32_t* theirs = path + size_t(w * 64 + __builtin_ctzll(better)) * stages;
-          for (int i = 0; i < size; ++i) {  // the better beam's codeword that b lacks
-            const int32_t c = theirs[i];
-            const uint64_t lacked = ~holders(c)[b / 64] >> (b % 64) & 1;  // no branch
-            if (c < 64)
-              first_word |= lacked << c;
-            else
-              bits[c / 64] |= lacked << (c % 64);
-            any |= lacked;
-          }
+      uint32_t any = 0;
+      for (int first = 0; first < b; first += Ints::width) {  // beams first ... of b's betters
+        const uint32_t better = b - first >= Ints::width ? lanes : (1u << (b - first)) - 1;
+        uint32_t missing = 0, twice = 0;  // lanes missing one of b's codewords, two or more
+        typename Ints::V lacked = Ints::set(0);  // the codeword a beam holds that b lacks
+        for (int i = 0; i < size; ++i) {
+          const typename Ints::V c = Ints::load(columns + i * stride_ + first);
+          uint32_t held = 0;
+          for (int k = 0; k < size; ++k) held |= Ints::equal(c, Ints::set(mine[k]));
+          const uint32_t lacks = ~held & lanes;
+          twice |= missing & lacks;
+          missing |= lacks;
+          lacked = Ints::choose(lacked, lacks, c);
         }
+        const uint32_t near = missing & ~twice & better;
+        if (row_words_ == 1) {  // no branch
+          bits[0] |= Ints::bits(lacked, near);
+          any |= near;
+          continue;
+        }
+        if (!near) continue;
+        int32_t codewords[Ints::width];
+        Ints::store(codewords, lacked);
+        for (uint32_t m = near; m; m &= m - 1) {
+          const int32_t c = codewords[__builtin_ctz(m)];
+          bits[c / 64] |= uint64_t(1) << (c % 64);
+        }
+        any = 1;
       }
-      bits[0] = first_word;
-      marked_[b] = uint8_t(any);
+      marked_[b] = uint8_t(any != 0);
     }
-    for (int b = 0; b < count; ++b)
-      for (int i = 0; i < size; ++i)
-        for (int w = 0; w < words; ++w) holders(path[size_t(b) * stages + i])[w] = 0;
   }
 
   // Row b (null if it has no bit set).
@@ -359,13 +462,12 @@ class Repeats {
   }
 
  private:
-  uint64_t* holders(int32_t codeword) { return holders_.data() + size_t(codeword) * words_; }
   uint64_t* row(int b) { return rows_.data() + size_t(b) * row_words_; }
 
-  int words_, row_words_;
-  std::vector<uint64_t> holders_;  // (MK, W) bit b: beam b holds the codeword
-  std::vector<uint64_t> rows_;     // (B, ceil(MK / 64))
-  std::vector<uint8_t> marked_;    // (B,) whether row b has a bit set
+  int stride_, row_words_;
+  std::vector<int32_t> columns_;  // (M, stride) the beams' codewords, by position in a beam
+  std::vector<uint64_t> rows_;    // (B, ceil(MK / 64))
+  std::vector<uint8_t> marked_;   // (B,) whether row b has a bit set
 };
 
 // A run of candidates in a step's buffer: buffer[first + k], k < length, is beam ``beam``
@@ -403,11 +505,11 @@ struct Workspace {
         by_codebook(entries >= 4 * S::width),
         slots(std::max(1, (2 * most + S::width - 1) / S::width)),
         beams{Beams<T>(stages, total, most), Beams<T>(stages, total, most)},
-        repeats(total, most),
+        repeats(stages, total, most),
         zeros(total),
         minima(size_t(slots) * S::width),
-        found_values(size_t(most) * total),
-        found_keys(size_t(most) * total),
+        found_values(size_t(most) * total + S::width),  // + a register: see append
+        found_keys(size_t(most) * total + S::width),
         items(size_t(most) * total) {}
 
   // Begin a step: no runs, no group minimum.
@@ -425,8 +527,7 @@ struct Workspace {
     T* group = minima.data() + slot * S::width;
     slot = slot + 1 == slots ? 0 : slot + 1;
     if (simd(run)) {
-      typename S::V least = S::set(std::numeric_limits<T>::infinity());
-      scan<S>(run, base, [&](int, typename S::V v) { least = S::min(v, least); });
+      const typename S::V least = least_of(run, base);
       S::store(group, S::min(least, S::load(group)));
       run_minima.push_back(S::least(least));
     } else {
@@ -442,21 +543,45 @@ struct Workspace {
     return run.first % S::width == 0 && run.length % S::width == 0;
   }
 
+  // The errors of the run's codewords j ... j + L::width - 1, NaN where blanked (bits: the
+  // run's beam's row of Repeats, or null).
+  template <typename L>
+  typename L::V errors(const Run<T>& run, const T* base, const uint64_t* bits,
+                       typename L::V error, int j) const {
+    constexpr uint32_t lanes = L::width == 32 ? ~0u : (1u << L::width) - 1;
+    typename L::V v = L::add(L::twice_plus(L::load(base + j), L::load(run.sums + j)), error);
+    if (bits) {
+      const uint32_t hit = uint32_t(bits[j / 64] >> (j % 64)) & lanes;
+      if (hit) v = L::blank(v, hit);
+    }
+    return v;
+  }
+
   // Calls visit(j, v) for the run's codewords j, a register L::width at a time: v holds
-  // the errors of j ... j + width - 1, NaN where blanked.
+  // the errors of j ... j + width - 1.
   template <typename L, typename Visit>
   void scan(const Run<T>& run, const T* base, Visit visit) const {
-    constexpr uint32_t lanes = L::width == 32 ? ~0u : (1u << L::width) - 1;
     const uint64_t* bits = repeats.marked(run.beam);
     const typename L::V e = L::set(run.error);
-    for (int j = run.first; j < run.first + run.length; j += L::width) {
-      typename L::V v = L::add(L::twice_plus(L::load(base + j), L::load(run.sums + j)), e);
-      if (bits) {
-        const uint32_t hit = uint32_t(bits[j / 64] >> (j % 64)) & lanes;
-        if (hit) v = L::blank(v, hit);
-      }
-      visit(j, v);
-    }
+    for (int j = run.first; j < run.first + run.length; j += L::width)
+      visit(j, errors<L>(run, base, bits, e, j));
+  }
+
+  // The lane minima of a SIMD run's errors, in four chains of registers (a minimum waits
+  // for the one before it).
+  typename S::V least_of(const Run<T>& run, const T* base) const {
+    constexpr int W = S::width;
+    const uint64_t* bits = repeats.marked(run.beam);
+    const typename S::V e = S::set(run.error);
+    typename S::V least[4];
+    for (auto& v : least) v = S::set(std::numeric_limits<T>::infinity());
+    int j = run.first;
+    const int end = run.first + run.length;
+    for (; j + 4 * W <= end; j += 4 * W)
+      for (int c = 0; c < 4; ++c)
+        least[c] = S::min(errors<S>(run, base, bits, e, j + c * W), least[c]);
+    for (; j < end; j += W) least[0] = S::min(errors<S>(run, base, bits, e, j), least[0]);
+    return S::min(S::min(least[0], least[1]), S::min(least[2], least[3]));
   }
 
   // Appends each candidate <= limit to found (value and key), in order, leaving out those
@@ -470,9 +595,8 @@ struct Workspace {
       auto append = [&](auto lanes) {
         using L = decltype(lanes);
         scan<L>(runs[r], base, [&](int j, typename L::V v) {
-          const uint32_t mask = L::at_most(v, limit);
-          if (mask) n += L::append(v, mask, key | uint32_t(j), found_values.data() + n,
-                                   found_keys.data() + n);
+          n += L::append(v, L::at_most(v, limit), key | uint32_t(j), found_values.data() + n,
+                         found_keys.data() + n);
         });
       };
       if (simd(runs[r]))
@@ -497,6 +621,7 @@ struct Workspace {
   T bound(int keep) const {
     T limit = std::numeric_limits<T>::infinity();
     const int groups = int(minima.size());
+    if (kth_smallest(minima.data(), groups, keep, &limit)) return limit;
     for (int i = 0; i < groups; ++i) {
       const bool enough = count_at_most(minima.data(), groups, minima[i]) >= keep;
       limit = enough & (minima[i] < limit) ? minima[i] : limit;
