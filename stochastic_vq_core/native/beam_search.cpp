@@ -279,15 +279,16 @@ inline __m512 sort16(__m512 v) {
   return merge16(v);
 }
 
-// 16 or 32 values: sorted by a network; of 32, the smallest 16 are the lane minima of
-// one sorted half against the other reversed (a bitonic sequence).
+// Up to 64 values, 16 at a time, keep <= 16: each 16 sorted by a network; the smallest 16
+// of two sorted registers are the lane minima of one against the other reversed (a
+// bitonic sequence, merged in order).
 template <>
 inline bool kth_smallest(const float* values, int count, int keep, float* out) {
-  if ((count != 16 && count != 32) || keep > 16) return false;
+  if (count % 16 || count > 64 || keep > 16) return false;
+  const __m512i reverse = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 sorted = sort16(_mm512_loadu_ps(values));
-  if (count == 32) {
-    const __m512i reverse = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512 other = _mm512_permutexvar_ps(reverse, sort16(_mm512_loadu_ps(values + 16)));
+  for (int k = 16; k < count; k += 16) {
+    const __m512 other = _mm512_permutexvar_ps(reverse, sort16(_mm512_loadu_ps(values + k)));
     sorted = merge16(_mm512_min_ps(sorted, other));
   }
   alignas(64) float lanes[16];
@@ -371,13 +372,24 @@ inline int count_below(const unsigned __int128* items, int count, unsigned __int
 template <typename T>
 struct Beams {
   Beams(int stages, int total, int most)
-      : path(size_t(most) * stages), error(most), used(most), sums(size_t(most) * total) {}
+      : path(size_t(most) * stages),
+        error(most),
+        used(most),
+        partial(most),
+        latest(most),
+        sums(size_t(most) * total) {}
 
   int count = 0;
   std::vector<int32_t> path;   // (B, M) codewords of each beam, in the order chosen
   std::vector<T> error;        // (B,) error of each beam, less ||x||²
   std::vector<uint64_t> used;  // (B,) bit m: the beam holds a codeword of codebook m
-  std::vector<T> sums;         // (B, MK) cross sums of the beams (from step 2 on)
+  // A beam's cross sums are partial + latest: latest the cross-table row of its last
+  // codeword, partial those of the codewords before it (the first's row while it holds
+  // two, else summed in sums); one codeword: its row, latest null. Summed only as late as
+  // that, the new beams of a step copy nothing until they hold three codewords.
+  std::vector<const T*> partial;  // (B,) (MK,) each
+  std::vector<const T*> latest;   // (B,) (MK,) each, or null
+  std::vector<T> sums;            // (B, MK) the partial sums of beams of three or more
 };
 
 // Which extensions repeat a better beam's set: a bit matrix of B rows of MK, bit j of
@@ -475,7 +487,8 @@ class Repeats {
 template <typename T>
 struct Run {
   int beam, first, length;  // codewords first ... first + length - 1
-  const T* sums;            // the beam's cross sums (MK,)
+  const T* sums;            // the beam's cross sums (MK,): sums + latest
+  const T* latest;          // or null
   T error;                  // the beam's error
 };
 
@@ -521,9 +534,10 @@ struct Workspace {
   }
 
   // A run of beam b over codewords first ... first + length - 1, their errors
-  // (base + 2 sums) + error folded into the group minima.
-  void fill(int b, int first, int length, const T* base, const T* sums, T error) {
-    const Run<T> run{b, first, length, sums, error};
+  // (base + 2 (sums + latest)) + error folded into the group minima.
+  void fill(int b, int first, int length, const T* base, const T* sums, const T* latest,
+            T error) {
+    const Run<T> run{b, first, length, sums, latest, error};
     T* group = minima.data() + slot * S::width;
     slot = slot + 1 == slots ? 0 : slot + 1;
     if (simd(run)) {
@@ -549,7 +563,9 @@ struct Workspace {
   typename L::V errors(const Run<T>& run, const T* base, const uint64_t* bits,
                        typename L::V error, int j) const {
     constexpr uint32_t lanes = L::width == 32 ? ~0u : (1u << L::width) - 1;
-    typename L::V v = L::add(L::twice_plus(L::load(base + j), L::load(run.sums + j)), error);
+    typename L::V sums = L::load(run.sums + j);
+    if (run.latest) sums = L::add(sums, L::load(run.latest + j));
+    typename L::V v = L::add(L::twice_plus(L::load(base + j), sums), error);
     if (bits) {
       const uint32_t hit = uint32_t(bits[j / 64] >> (j % 64)) & lanes;
       if (hit) v = L::blank(v, hit);
@@ -692,7 +708,7 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
   w.start();
   for (int m = 0; m < (w.by_codebook ? stages : 1); ++m) {
     const int first = w.by_codebook ? m * entries : 0;
-    w.fill(0, first, w.by_codebook ? entries : total, base, w.zeros.data(), T(0));
+    w.fill(0, first, w.by_codebook ? entries : total, base, w.zeros.data(), nullptr, T(0));
   }
   if (w.smallest(base, std::min(beam_width, total), *now) == 0)
     w.chosen.assign(1, P::pack(T(0), 0));  // every distance NaN
@@ -702,25 +718,22 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
     now->error[b] = P::value(w.chosen[b]);
     now->path[size_t(b) * stages] = c;
     now->used[b] = uint64_t(1) << (c / entries);
+    now->partial[b] = cross + size_t(c) * total;
+    now->latest[b] = nullptr;
   }
 
   for (int step = 1; step < stages; ++step) {
     const bool last = step == stages - 1;
-    // the cross sums of beam b: the cross table's row while beams hold one codeword
-    auto sums_of = [&](int b) -> const T* {
-      return step == 1 ? cross + size_t(now->path[size_t(b) * stages]) * total
-                       : now->sums.data() + size_t(b) * total;
-    };
     w.start();
     if (!last)  // each set once, from the best beam that reaches it
       w.repeats.find(now->path.data(), now->count, step, stages);
     for (int b = 0; b < now->count; ++b) {  // every candidate: beam b extended by j
       if (!w.by_codebook) {
-        w.fill(b, 0, total, base, sums_of(b), now->error[b]);
+        w.fill(b, 0, total, base, now->partial[b], now->latest[b], now->error[b]);
         continue;
       }
       each_open(now->used[b], stages, [&](int m) {
-        w.fill(b, m * entries, entries, base, sums_of(b), now->error[b]);
+        w.fill(b, m * entries, entries, base, now->partial[b], now->latest[b], now->error[b]);
       });
     }
 
@@ -759,10 +772,17 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
       to[step] = c;
       next.error[b] = P::value(w.chosen[b]);
       next.used[b] = now->used[parent] | uint64_t(1) << (c / entries);
-      // the new beam's cross sums (by codebook: over the codebooks it has not used)
-      const T* from = sums_of(parent);
-      const T* row = cross + size_t(c) * total;
+      // the new beam's cross sums: its parent's, summed (by codebook: over the codebooks
+      // it has not used), and its codeword's row
+      next.latest[b] = cross + size_t(c) * total;
+      const T* from = now->partial[parent];
+      const T* row = now->latest[parent];
+      if (!row) {  // the parent's first codeword
+        next.partial[b] = from;
+        continue;
+      }
       T* out = next.sums.data() + size_t(b) * total;
+      next.partial[b] = out;
       if (!w.by_codebook) {
         add(from, row, total, out);
         continue;
