@@ -244,9 +244,9 @@ using Doubles = Scalar<double>;
 template <typename T>
 using Simd = std::conditional_t<std::is_same<T, float>::value, Floats, Doubles>;
 
-// The keep-th smallest (1 <= keep <= count) of values[0 ... count), none NaN, ties alike:
-// the smallest value that at least keep values are no larger than. False where no faster
-// way than counting is at hand (then out is left as it is).
+// The keep-th smallest (1 <= keep <= count) of values[0 ... count), NaN counted as +inf,
+// ties alike: the smallest value that at least keep values are no larger than. False
+// where no faster way than counting is at hand (then out is left as it is).
 template <typename T>
 bool kth_smallest(const T*, int, int, T*) { return false; }
 
@@ -286,9 +286,14 @@ template <>
 inline bool kth_smallest(const float* values, int count, int keep, float* out) {
   if (count % 16 || count > 64 || keep > 16) return false;
   const __m512i reverse = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  __m512 sorted = sort16(_mm512_loadu_ps(values));
+  auto load = [&](int k) {  // NaN as +inf
+    const __m512 v = _mm512_loadu_ps(values + k);
+    return _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
+                              _mm512_set1_ps(std::numeric_limits<float>::infinity()));
+  };
+  __m512 sorted = sort16(load(0));
   for (int k = 16; k < count; k += 16) {
-    const __m512 other = _mm512_permutexvar_ps(reverse, sort16(_mm512_loadu_ps(values + k)));
+    const __m512 other = _mm512_permutexvar_ps(reverse, sort16(load(k)));
     sorted = merge16(_mm512_min_ps(sorted, other));
   }
   alignas(64) float lanes[16];
@@ -520,15 +525,16 @@ struct Workspace {
         beams{Beams<T>(stages, total, most), Beams<T>(stages, total, most)},
         repeats(stages, total, most),
         zeros(total),
+        runs(size_t(most) * stages),
         minima(size_t(slots) * S::width),
+        run_minima(size_t(most) * stages),
         found_values(size_t(most) * total + S::width),  // + a register: see append
         found_keys(size_t(most) * total + S::width),
-        items(size_t(most) * total) {}
+        items(size_t(most) * total + 8) {}  // + 8: see smallest
 
   // Begin a step: no runs, no group minimum.
   void start() {
-    runs.clear();
-    run_minima.clear();
+    count = 0;
     slot = 0;
     std::fill(minima.begin(), minima.end(), std::numeric_limits<T>::infinity());
   }
@@ -537,20 +543,20 @@ struct Workspace {
   // (base + 2 (sums + latest)) + error folded into the group minima.
   void fill(int b, int first, int length, const T* base, const T* sums, const T* latest,
             T error) {
-    const Run<T> run{b, first, length, sums, latest, error};
+    Run<T>& run = runs[count];
+    run = Run<T>{b, first, length, sums, latest, error};
     T* group = minima.data() + slot * S::width;
     slot = slot + 1 == slots ? 0 : slot + 1;
     if (simd(run)) {
       const typename S::V least = least_of(run, base);
       S::store(group, S::min(least, S::load(group)));
-      run_minima.push_back(S::least(least));
+      run_minima[count++] = S::least(least);
     } else {
       T least = std::numeric_limits<T>::infinity();
       scan<Scalar<T>>(run, base, [&](int, T v) { least = v < least ? v : least; });
       group[0] = std::min(least, group[0]);
-      run_minima.push_back(least);
+      run_minima[count++] = least;
     }
-    runs.push_back(run);
   }
 
   bool simd(const Run<T>& run) const {
@@ -605,7 +611,7 @@ struct Workspace {
   // Returns how many.
   int collect(const T* base, T limit, const Beams<T>& beams_now) {
     int n = 0;
-    for (size_t r = 0; r < runs.size(); ++r) {
+    for (int r = 0; r < count; ++r) {
       if (!(run_minima[r] <= limit)) continue;
       const uint32_t key = uint32_t(runs[r].beam) << shift;
       auto append = [&](auto lanes) {
@@ -647,12 +653,14 @@ struct Workspace {
 
   // The smallest ``keep`` candidates of the runs, ascending by (value, key), NaN and the
   // codebooks their beams use left out, into chosen; returns how many.
-  int smallest(const T* base, int keep, const Beams<T>& beams_now) {
-    const int n = collect(base, bound(keep), beams_now);
+  int smallest(const T* base, int keep, const Beams<T>& beams_now, T limit) {
+    const int n = collect(base, limit, beams_now);
     for (int i = 0; i < n; ++i) items[i] = P::pack(found_values[i], found_keys[i]);
+    const int padded = (n + 7) / 8 * 8;  // with items above any other: whole registers
+    std::fill(items.begin() + n, items.begin() + padded, ~typename P::type(0));
     chosen.resize(keep + 1);  // the last entry takes every item ranked keep or later
     for (int i = 0; i < n; ++i) {  // each item's rank (keys differ: no ties), by counting
-      const int rank = count_below(items.data(), n, items[i]);
+      const int rank = count_below(items.data(), padded, items[i]);
       chosen[rank < keep ? rank : keep] = items[i];
     }
     chosen.resize(std::min(n, keep));
@@ -669,9 +677,10 @@ struct Workspace {
   Beams<T> beams[2];
   Repeats repeats;
   std::vector<T> zeros;           // (MK,) the cross sums of the empty tuple
-  std::vector<Run<T>> runs;
+  std::vector<Run<T>> runs;       // (B * M,) this step's: count of them
+  int count = 0;
   std::vector<T> minima;          // (G,)
-  std::vector<T> run_minima;      // (runs,)
+  std::vector<T> run_minima;      // (B * M,) the minimum of each run
   std::vector<T> found_values;    // (B * MK,) the candidates within the bound
   std::vector<uint32_t> found_keys;     // (B * MK,)
   std::vector<typename P::type> items;  // (B * MK,) the same, packed
@@ -710,7 +719,10 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
     const int first = w.by_codebook ? m * entries : 0;
     w.fill(0, first, w.by_codebook ? entries : total, base, w.zeros.data(), nullptr, T(0));
   }
-  if (w.smallest(base, std::min(beam_width, total), *now) == 0)
+  const int keep = std::min(beam_width, total);
+  T limit;  // of short rows, the keep-th smallest itself, else the groups' bound
+  if (!kth_smallest(base, total, keep, &limit)) limit = w.bound(keep);
+  if (w.smallest(base, keep, *now, limit) == 0)
     w.chosen.assign(1, P::pack(T(0), 0));  // every distance NaN
   now->count = int(w.chosen.size());
   for (int b = 0; b < now->count; ++b) {
@@ -757,7 +769,7 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
       return;
     }
 
-    if (w.smallest(base, beam_width, *now) == 0)  // every candidate NaN: go on with beam 0
+    if (w.smallest(base, beam_width, *now, w.bound(beam_width)) == 0)  // all NaN: beam 0 on
       w.chosen.assign(1, P::pack(std::numeric_limits<T>::infinity(),
                                  uint32_t(__builtin_ctzll(~now->used[0]) * entries)));
     w.repeats.clear(now->count);
