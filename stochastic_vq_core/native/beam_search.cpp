@@ -417,7 +417,7 @@ class Repeats {
     if (size == 1) {  // single codewords: row b holds the codewords of beams 0 ... b - 1
       for (int b = 1; b < count; ++b) {
         uint64_t* row = this->row(b);
-        std::copy_n(this->row(b - 1), row_words_, row);
+        for (int w = 0; w < row_words_; ++w) row[w] = this->row(b - 1)[w];
         const int32_t c = path[size_t(b - 1) * stages];
         row[c / 64] |= uint64_t(1) << (c % 64);
         marked_[b] = 1;
@@ -473,7 +473,7 @@ class Repeats {
   void clear(int count) {
     for (int b = 0; b < count; ++b)
       if (marked_[b]) {
-        std::fill_n(row(b), row_words_, 0);
+        for (int w = 0; w < row_words_; ++w) row(b)[w] = 0;
         marked_[b] = 0;
       }
   }
@@ -530,7 +530,8 @@ struct Workspace {
         run_minima(size_t(most) * stages),
         found_values(size_t(most) * total + S::width),  // + a register: see append
         found_keys(size_t(most) * total + S::width),
-        items(size_t(most) * total + 8) {}  // + 8: see smallest
+        items(size_t(most) * total + 8),  // + 8: see smallest
+        chosen(most + 1) {}
 
   // Begin a step: no runs, no group minimum.
   void start() {
@@ -652,19 +653,17 @@ struct Workspace {
   }
 
   // The smallest ``keep`` candidates of the runs, ascending by (value, key), NaN and the
-  // codebooks their beams use left out, into chosen; returns how many.
+  // codebooks their beams use left out, into chosen[0 ... keep); returns how many.
   int smallest(const T* base, int keep, const Beams<T>& beams_now, T limit) {
     const int n = collect(base, limit, beams_now);
     for (int i = 0; i < n; ++i) items[i] = P::pack(found_values[i], found_keys[i]);
     const int padded = (n + 7) / 8 * 8;  // with items above any other: whole registers
     std::fill(items.begin() + n, items.begin() + padded, ~typename P::type(0));
-    chosen.resize(keep + 1);  // the last entry takes every item ranked keep or later
     for (int i = 0; i < n; ++i) {  // each item's rank (keys differ: no ties), by counting
       const int rank = count_below(items.data(), padded, items[i]);
-      chosen[rank < keep ? rank : keep] = items[i];
+      chosen[rank < keep ? rank : keep] = items[i];  // entry keep: any ranked keep or later
     }
-    chosen.resize(std::min(n, keep));
-    return int(chosen.size());
+    return std::min(n, keep);
   }
 
   int beam_of(uint32_t key) const { return int(key >> shift); }
@@ -684,7 +683,7 @@ struct Workspace {
   std::vector<T> found_values;    // (B * MK,) the candidates within the bound
   std::vector<uint32_t> found_keys;     // (B * MK,)
   std::vector<typename P::type> items;  // (B * MK,) the same, packed
-  std::vector<typename P::type> chosen;
+  std::vector<typename P::type> chosen;  // (B + 1,)
 };
 
 // Calls visit(m) for each codebook m whose bit is not set in used.
@@ -722,9 +721,11 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
   const int keep = std::min(beam_width, total);
   T limit;  // of short rows, the keep-th smallest itself, else the groups' bound
   if (!kth_smallest(base, total, keep, &limit)) limit = w.bound(keep);
-  if (w.smallest(base, keep, *now, limit) == 0)
-    w.chosen.assign(1, P::pack(T(0), 0));  // every distance NaN
-  now->count = int(w.chosen.size());
+  now->count = w.smallest(base, keep, *now, limit);
+  if (now->count == 0) {  // every distance NaN
+    w.chosen[0] = P::pack(T(0), 0);
+    now->count = 1;
+  }
   for (int b = 0; b < now->count; ++b) {
     const int32_t c = w.codeword_of(uint32_t(w.chosen[b]));
     now->error[b] = P::value(w.chosen[b]);
@@ -769,18 +770,20 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
       return;
     }
 
-    if (w.smallest(base, beam_width, *now, w.bound(beam_width)) == 0)  // all NaN: beam 0 on
-      w.chosen.assign(1, P::pack(std::numeric_limits<T>::infinity(),
-                                 uint32_t(__builtin_ctzll(~now->used[0]) * entries)));
+    Beams<T>& next = w.beams[now == &w.beams[0] ? 1 : 0];
+    next.count = w.smallest(base, beam_width, *now, w.bound(beam_width));
+    if (next.count == 0) {  // every candidate NaN: go on with beam 0
+      w.chosen[0] = P::pack(std::numeric_limits<T>::infinity(),
+                            uint32_t(__builtin_ctzll(~now->used[0]) * entries));
+      next.count = 1;
+    }
     w.repeats.clear(now->count);
 
-    Beams<T>& next = w.beams[now == &w.beams[0] ? 1 : 0];
-    next.count = int(w.chosen.size());
     for (int b = 0; b < next.count; ++b) {
       const int parent = w.beam_of(uint32_t(w.chosen[b]));
       const int32_t c = w.codeword_of(uint32_t(w.chosen[b]));
       int32_t* to = next.path.data() + size_t(b) * stages;
-      std::copy_n(now->path.data() + size_t(parent) * stages, step, to);
+      for (int i = 0; i < step; ++i) to[i] = now->path[size_t(parent) * stages + i];
       to[step] = c;
       next.error[b] = P::value(w.chosen[b]);
       next.used[b] = now->used[parent] | uint64_t(1) << (c / entries);
