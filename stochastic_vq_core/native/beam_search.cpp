@@ -640,6 +640,14 @@ struct Workspace {
     return n;
   }
 
+  // The smallest group minimum: that of every candidate.
+  T least() const {
+    typename S::V least = S::load(minima.data());
+    for (size_t k = S::width; k < minima.size(); k += S::width)
+      least = S::min(S::load(minima.data() + k), least);
+    return S::least(least);
+  }
+
   // The keep-th smallest group minimum (ties alike): a bound on the keep-th candidate.
   T bound(int keep) const {
     T limit = std::numeric_limits<T>::infinity();
@@ -751,7 +759,7 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
     }
 
     if (last) {  // the smallest; ties: the smaller codeword, then the earlier beam
-      const int n = w.collect(base, *std::min_element(w.minima.begin(), w.minima.end()), *now);
+      const int n = w.collect(base, w.least(), *now);
       int best_beam = -1, best_codeword = total;
       for (int i = 0; i < n; ++i) {
         const int32_t codeword = w.codeword_of(w.found_keys[i]);
