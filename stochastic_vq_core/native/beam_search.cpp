@@ -520,7 +520,7 @@ struct Workspace {
         total(stages * entries),
         log_entries(__builtin_ctz(unsigned(entries))),
         shift(32 - __builtin_clz(unsigned(total))),
-        by_codebook(entries >= 4 * S::width),
+        by_codebook(entries >= 2 * S::width),
         slots(std::max(1, (2 * most + S::width - 1) / S::width)),
         beams{Beams<T>(stages, total, most), Beams<T>(stages, total, most)},
         repeats(stages, total, most),
