@@ -521,7 +521,7 @@ struct Workspace {
         log_entries(__builtin_ctz(unsigned(entries))),
         shift(32 - __builtin_clz(unsigned(total))),
         by_codebook(entries >= 2 * S::width),
-        slots(std::max(1, (2 * most + S::width - 1) / S::width)),
+        slots(std::max(1, (groups_per_beam(most) * most + S::width - 1) / S::width)),
         beams{Beams<T>(stages, total, most), Beams<T>(stages, total, most)},
         repeats(stages, total, most),
         zeros(total),
@@ -532,6 +532,12 @@ struct Workspace {
         found_keys(size_t(most) * total + S::width),
         items(size_t(most) * total + 8),  // + 8: see smallest
         chosen(most + 1) {}
+
+  // G / B: 4 where kth_smallest's network takes the groups (AVX-512 float, B <= 16),
+  // tighter than 2, else 2 (counting costs G²).
+  static int groups_per_beam(int most) {
+    return S::width == 16 && std::is_same<T, float>::value && most <= 16 ? 4 : 2;
+  }
 
   // Begin a step: no runs, no group minimum.
   void start() {
