@@ -4,8 +4,8 @@
 // operations in the same order, so that both return the same codes (ties aside):
 //
 //   base[j]      = ||c_j||² - 2 <x, c_j>              (computed by the caller, (N, MK))
-//   cross[i][j]  = <c_i, c_j>                           ((MK, MK); the blocks of one
-//                                                        codebook are never read)
+//   cross[i][j]  = <c_i, c_j>                           ((MK, MK); +inf between two
+//                                                        codewords of one codebook)
 //   sums_b[j]    = Σ_{i in beam b, in the order chosen} cross[i][j]
 //   candidate    = (base[j] + 2 sums_b[j]) + error_b    (error of beam b extended by j)
 //
@@ -13,8 +13,10 @@
 // a codebook the beam has not used, leaving out a candidate whose set of codewords a
 // better beam also reaches (``Repeats``); the last step keeps the smallest. Candidates are
 // computed a SIMD register at a time and only their minima kept, from which a bound on
-// the step's beam_width-th best follows; a second pass over the runs that can hold
-// candidates within the bound finds them, and they are ranked (``Workspace``).
+// the step's beam_width-th best follows (a sorting network with AVX-512); a second pass
+// over the runs that can hold candidates within the bound finds them, and they are ranked
+// (``Workspace``). A beam's cross sums are summed only once it holds three codewords
+// (``Beams``).
 //
 // Plain C++17 with a C interface, no torch headers: built on first use (a second or two)
 // and called through ctypes by ``stochastic_vq_core.native``.
