@@ -78,17 +78,23 @@ struct ScalarInts {
   static void store(int32_t* p, V v) { *p = v; }
   static V set(int32_t v) { return v; }
   static uint32_t equal(V a, V b) { return a == b; }
+  static V sub(V a, int32_t b) { return a - b; }
   static V choose(V v, uint32_t lanes, V other) { return lanes & 1 ? other : v; }  // other where set
-  static uint64_t bits(V v, uint32_t lanes) { return lanes & 1 ? uint64_t(1) << v : 0; }
+  static uint64_t bits(V v, uint32_t lanes) {
+    return lanes & 1 && uint32_t(v) < 64 ? uint64_t(1) << v : 0;
+  }
 };
 
-// Bit v_i set for each lane i set in lanes, all v_i < 64: one lane at a time.
+// Bit v_i set for each lane i set in lanes and v_i in 0 ... 63: one lane at a time.
 template <typename I>
 uint64_t bits_of_lanes(typename I::V v, uint32_t lanes) {
   int32_t values[I::width];
   I::store(values, v);
   uint64_t bits = 0;
-  for (; lanes; lanes &= lanes - 1) bits |= uint64_t(1) << values[__builtin_ctz(lanes)];
+  for (; lanes; lanes &= lanes - 1) {
+    const uint32_t v = uint32_t(values[__builtin_ctz(lanes)]);
+    bits |= v < 64 ? uint64_t(1) << v : 0;
+  }
   return bits;
 }
 
@@ -100,10 +106,12 @@ struct Ints {
   static void store(int32_t* p, V v) { _mm512_storeu_si512(p, v); }
   static V set(int32_t v) { return _mm512_set1_epi32(v); }
   static uint32_t equal(V a, V b) { return _mm512_cmpeq_epi32_mask(a, b); }
+  static V sub(V a, int32_t b) { return _mm512_sub_epi32(a, _mm512_set1_epi32(b)); }
   static V choose(V v, uint32_t lanes, V other) {
     return _mm512_mask_mov_epi32(v, __mmask16(lanes), other);
   }
-  // bit v_i set for each lane i set in lanes, all v_i < 64
+  // bit v_i set for each lane i set in lanes and v_i in 0 ... 63 (a shift by 64 or more,
+  // or by a negative count read as unsigned, gives 0)
   static uint64_t bits(V v, uint32_t lanes) {
     const __m512i one = _mm512_set1_epi64(1);
     const __m512i low = _mm512_sllv_epi64(one, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(v)));
@@ -171,6 +179,7 @@ struct Ints {
   static uint32_t equal(V a, V b) {
     return uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b))));
   }
+  static V sub(V a, int32_t b) { return _mm256_sub_epi32(a, _mm256_set1_epi32(b)); }
   static V choose(V v, uint32_t lanes, V other) {
     const __m256i bits = _mm256_set_epi32(128, 64, 32, 16, 8, 4, 2, 1);
     const __m256i hit = _mm256_cmpeq_epi32(
@@ -448,8 +457,9 @@ class Repeats {
           lacked = Ints::choose(lacked, lacks, c);
         }
         const uint32_t near = missing & ~twice & better;
-        if (row_words_ == 1) {  // no branch
-          bits[0] |= Ints::bits(lacked, near);
+        if (row_words_ <= 4) {  // no branch: word w from the codewords 64 w ... 64 w + 63
+          for (int w = 0; w < row_words_; ++w)
+            bits[w] |= Ints::bits(Ints::sub(lacked, 64 * w), near);
           any |= near;
           continue;
         }

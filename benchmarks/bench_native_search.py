@@ -1,0 +1,65 @@
+"""AVQ's native beam search alone: microseconds per vector from its tables, one thread.
+
+    python benchmarks/bench_native_search.py
+    python benchmarks/bench_native_search.py --rows 4096 --rounds 11
+
+For each configuration (M codebooks of K entries, beam B, D = 64) the kernel searches
+``--rows`` random vectors against random codebooks, from the tables that AVQ passes it
+(``base`` (N, M*K) and ``cross`` (M*K, M*K)), and the same number of copies of one vector:
+the copies read the same rows of the cross table every time, so every table they touch
+stays in cache, and the difference to distinct vectors is what reading the tables from
+memory costs. Each row is the fastest of ``--rounds`` runs, the two inputs taking turns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from additive_vq import cross_table  # noqa: E402
+from stochastic_vq_core import native  # noqa: E402
+
+CONFIGURATIONS = ((4, 4, 16), (4, 8, 16), (3, 5, 8), (4, 5, 16))  # (M, bits, beam)
+
+
+def tables(stages: int, bits: int, rows: int, dim: int = 64) -> tuple[torch.Tensor, ...]:
+    """(base (rows, MK), base of one vector repeated (rows, MK), cross (MK, MK))."""
+    generator = torch.Generator().manual_seed(0)
+    codewords = torch.randn(stages * 2**bits, dim, generator=generator) / stages**0.5
+    x = torch.randn(rows, dim, generator=generator)
+    norms, cross = cross_table(codewords, stages)
+    base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
+    return base, base[:1].expand_as(base).contiguous(), cross
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=2048, help="vectors per run (2048)")
+    parser.add_argument("--rounds", type=int, default=7, help="runs per input (7)")
+    args = parser.parse_args(argv)
+    if not native.available():
+        sys.exit(f"the native search is {native.status()}")
+    torch.set_num_threads(1)
+    print(f"{'configuration':<22} {'distinct vectors':>18} {'one vector':>12}  share of "
+          "the time spent reading tables")
+    for stages, bits, beam in CONFIGURATIONS:
+        base, repeated, cross = tables(stages, bits, args.rows)
+        best = {"distinct": float("inf"), "repeated": float("inf")}
+        for _ in range(args.rounds):
+            for name, table in (("distinct", base), ("repeated", repeated)):
+                start = time.perf_counter()
+                native.avq_beam_search(table, cross, stages, beam)
+                best[name] = min(best[name], time.perf_counter() - start)
+        distinct, cached = (best[name] * 1e6 / args.rows for name in best)
+        print(f"{stages} x {bits} bits, beam {beam:<3} {distinct:>15.2f} us {cached:>9.2f} us"
+              f"  {1 - cached / distinct:6.0%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
