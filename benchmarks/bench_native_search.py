@@ -5,10 +5,11 @@
 
 For each configuration (M codebooks of K entries, beam B, D = 64) the kernel searches
 ``--rows`` random vectors against random codebooks, from the tables that AVQ passes it
-(``base`` (N, M*K) and ``cross`` (M*K, M*K)), and the same number of copies of one vector:
-the copies read the same rows of the cross table every time, so every table they touch
-stays in cache, and the difference to distinct vectors is what reading the tables from
-memory costs. Each row is the fastest of ``--rounds`` runs, the two inputs taking turns.
+(``base`` (N, M*K) and ``cross`` (M*K, M*K)), and the same number of copies of one vector.
+The copies take the same path through the search every time, so the processor predicts
+every branch and the rows of the tables they read stay in cache: the difference to
+distinct vectors is what mispredicted branches and reading the tables from memory cost
+together. Each row is the fastest of ``--rounds`` runs, the two inputs taking turns.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def main(argv=None) -> None:
         sys.exit(f"the native search is {native.status()}")
     torch.set_num_threads(1)
     print(f"{'configuration':<22} {'distinct vectors':>18} {'one vector':>12}  share of "
-          "the time spent reading tables")
+          "the time saved by repeating one vector")
     for stages, bits, beam in CONFIGURATIONS:
         base, repeated, cross = tables(stages, bits, args.rows)
         best = {"distinct": float("inf"), "repeated": float("inf")}
