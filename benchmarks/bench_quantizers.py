@@ -167,6 +167,24 @@ def plain_torch(fn):
     return run
 
 
+def native_search_seconds(fn) -> float:
+    """Seconds that one run of ``fn`` spends in AVQ's native search."""
+    spent = 0.0
+    search = native._search
+
+    def timed(*args):
+        nonlocal spent
+        start = time.perf_counter()
+        try:
+            return search(*args)
+        finally:
+            spent += time.perf_counter() - start
+
+    with mock.patch.object(native, "_search", timed):
+        fn()
+    return spent
+
+
 def section_avq(args):
     """AVQ's native search against its plain-torch reference and faiss's
     ResidualQuantizer with the same beam (its beam LUT on), at the same threads."""
@@ -177,9 +195,11 @@ def section_avq(args):
     for stages, bits, beam in ((3, 5, 8), (4, 5, 16)):
         run = train_steps("avq", stages, bits, beam, "cpu", steps)
         native_s, torch_s = timed_in_turns([run, plain_torch(run)], args.rounds)
+        search_s = native_search_seconds(run)
         label = "train step, batch 64, D=128"
         report(label, describe("avq", stages, bits, beam) + ", native",
-               f"{1e3 * native_s / steps:.3f} ms ({torch_s / native_s:.1f}x the torch search)")
+               f"{1e3 * native_s / steps:.3f} ms ({torch_s / native_s:.1f}x the torch search; "
+               f"search {1e6 * search_s / steps:.0f} us of a step)")
         report(label, describe("avq", stages, bits, beam) + ", torch",
                f"{1e3 * torch_s / steps:.3f} ms")
     try:

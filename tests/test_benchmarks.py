@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from stochastic_vq_core import native
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+import bench_native_search  # noqa: E402
 import bench_quantizers  # noqa: E402
 import bench_training_loop  # noqa: E402
 import compare_classical  # noqa: E402
@@ -45,6 +48,24 @@ def test_train_section_reports_every_configuration(capsys):
     assert all(row[0] == "train step, batch 64, D=128" for row in rows)
     times = [row[2].split() for row in rows]
     assert all(unit == "ms" and 0 < float(value) < 1000 for value, unit in times)
+
+
+@pytest.mark.skipif(not native.available(), reason="no native search")
+def test_native_search_seconds_times_the_kernel_alone():
+    run = bench_quantizers.train_steps("avq", 2, 3, 4, "cpu", steps=3)
+    start = bench_quantizers.time.perf_counter()
+    spent = bench_quantizers.native_search_seconds(run)
+    assert 0 < spent < bench_quantizers.time.perf_counter() - start
+    assert bench_quantizers.native_search_seconds(bench_quantizers.plain_torch(run)) == 0
+
+
+@pytest.mark.skipif(not native.available(), reason="no native search")
+def test_bench_native_search_reports_every_configuration(capsys):
+    bench_native_search.main(["--rows", "32", "--rounds", "1"])
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["4 x 4 bits", "4 x 8 bits", "3 x 5 bits",
+                                                   "4 x 5 bits"]
+    assert all(row.count(" us") == 2 for row in rows)
 
 
 def test_report_prints_one_aligned_row(capsys):
