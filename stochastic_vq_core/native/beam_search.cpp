@@ -68,19 +68,11 @@ struct Scalar {
   static int append(V v, uint32_t mask, uint32_t key, T* values, uint32_t* keys) {
     return append_lanes(&v, mask, key, values, keys);
   }
-};
-
-// Lanes of int32 (codewords): compared a register at a time in ``Repeats``.
-struct ScalarInts {
-  using V = int32_t;
-  static constexpr int width = 1;
-  static V load(const int32_t* p) { return *p; }
-  static void store(int32_t* p, V v) { *p = v; }
-  static V set(int32_t v) { return v; }
+  // of int32 lanes (codewords; ``Ints``)
   static uint32_t equal(V a, V b) { return a == b; }
-  static V sub(V a, int32_t b) { return a - b; }
+  static V sub(V a, T b) { return a - b; }
   static V choose(V v, uint32_t lanes, V other) { return lanes & 1 ? other : v; }  // other where set
-  static uint64_t bits(V v, uint32_t lanes) {
+  static uint64_t bits(V v, uint32_t lanes) {  // bit v if the lane is set and v in 0 ... 63
     return lanes & 1 && uint32_t(v) < 64 ? uint64_t(1) << v : 0;
   }
 };
@@ -98,6 +90,7 @@ uint64_t bits_of_lanes(typename I::V v, uint32_t lanes) {
   return bits;
 }
 
+// Ints: lanes of int32 (codewords), compared a register at a time in ``Repeats``.
 #if defined(__AVX512F__)
 struct Ints {
   using V = __m512i;
@@ -247,7 +240,7 @@ struct Doubles {
   }
 };
 #else
-using Ints = ScalarInts;
+using Ints = Scalar<int32_t>;
 using Floats = Scalar<float>;
 using Doubles = Scalar<double>;
 #endif
