@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from stochastic_vq_core import native
+from stochastic_vq_core import native, triton_search
 from stochastic_vq_core.quantizer import CPU, VectorQuantizer
 from stochastic_vq_core.rules import check_int
 from stochastic_vq_core.usage import replace_rows
@@ -80,8 +80,9 @@ class AVQ(VectorQuantizer):
 
     @property
     def search_backend(self) -> str:
-        """Which beam search encodes on the codebooks' device: "native" (the C++ kernel)
-        or "torch" (``beam_search_torch``); both give the same codes."""
+        """Which beam search encodes on the codebooks' device: "native" (the C++ kernel),
+        "triton" (a GPU kernel, opt-in) or "torch" (``beam_search_torch``); all give the
+        same codes."""
         return search_backend(self.codebooks.device, self.num_stages, self.codebook_size,
                               self.beam_width)
 
@@ -92,7 +93,7 @@ class AVQ(VectorQuantizer):
     def _elements_per_row(self, stages: int) -> int:
         total = stages * self.codebook_size
         if search_backend(self.codebooks.device, stages, self.codebook_size,
-                          self.beam_width) == "native":  # per vector: its (nK,) errors
+                          self.beam_width) != "torch":  # per vector: its (nK,) errors
             return total
         # per vector: the (B, nK) candidates, and at most (B*n)² codeword comparisons
         # between beams in ``_drop_repeated_sets``
@@ -133,17 +134,22 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     Returns:
         (N, M) int64, the index within each codebook, ordered by codebook.
 
-    The native kernel runs where ``search_backend`` says so, else ``beam_search_torch``;
-    both give the same codes.
+    The native kernel or the Triton one runs where ``search_backend`` says so, else
+    ``beam_search_torch``; all give the same codes.
     """
     # error of adding codeword j to an empty tuple, less the constant ||x||², (N, MK)
     base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
-    if search_backend(x.device, num_stages, len(codewords) // num_stages,
-                      beam_width) == "native":  # NaN and inf are never among its best
+    backend = search_backend(x.device, num_stages, len(codewords) // num_stages, beam_width)
+    if backend == "native":  # NaN and inf are never among its best
         return native.avq_beam_search(base, cross, num_stages, beam_width)
     # non-finite input (allowed with check_finite=False) must not outrank the +inf that
     # keeps used codebooks out, so its errors are clamped to finite values
     base = torch.nan_to_num_(base, nan=_HUGE, posinf=_HUGE, neginf=-_HUGE)
+    if backend == "triton":
+        codes = triton_search.beam_search(base, cross, num_stages, beam_width,
+                                          beam_search_torch)
+        if codes is not None:  # None: it failed its first-use check here
+            return codes
     return beam_search_torch(base, cross, num_stages, beam_width)
 
 
@@ -151,10 +157,13 @@ def search_backend(device: torch.device, num_stages: int, entries: int,
                    beam_width: int) -> str:
     """Which beam search runs for tensors on ``device``: "native" (the C++ kernel of
     ``stochastic_vq_core.native``, on a CPU where it could be built, for searches of the
-    sizes it takes) or "torch"."""
+    sizes it takes), "triton" (``stochastic_vq_core.triton_search``, on a GPU, where
+    ``STOCHASTIC_VQ_TRITON=1``) or "torch"."""
     if (device.type == "cpu" and native.takes(num_stages, entries, beam_width)
             and native.available()):
         return "native"
+    if triton_search.enabled(device):
+        return "triton"
     return "torch"
 
 

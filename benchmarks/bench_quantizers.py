@@ -16,12 +16,14 @@ Sections (each row measured in this run, the fastest of several repeats):
      64, encode at large batch) and faiss-cpu's ResidualQuantizer with the same beam and
      its beam lookup tables, D = 128 and 64, the three timed in turns;
   5. on CUDA: the distance-plus-argmin pass that bounds any encoder (one matrix product
-     and an argmin over the same number of codewords) and peak memory of a large encode.
+     and an argmin over the same number of codewords), AVQ's Triton search against its
+     plain-torch one (where Triton is installed) and peak memory of a large encode.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from functools import partial
@@ -33,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stochastic_vq.methods import build_quantizer  # noqa: E402
-from stochastic_vq_core import native  # noqa: E402
+from stochastic_vq_core import native, triton_search  # noqa: E402
 from stochastic_vq_core.paper import label  # noqa: E402
 
 
@@ -234,6 +236,14 @@ def section_avq(args):
             report(label, name, f"{rate / 1e6:.4f} M vectors/s{ratio}")
 
 
+def with_triton(fn):
+    """``fn`` run with AVQ's Triton search switched on (``STOCHASTIC_VQ_TRITON=1``)."""
+    def run():
+        with mock.patch.dict(os.environ, {"STOCHASTIC_VQ_TRITON": "1"}):
+            return fn()
+    return run
+
+
 def section_cuda(args):
     batch = 8192 if args.quick else 65536
     x = torch.randn(batch, 128, device="cuda")
@@ -244,6 +254,16 @@ def section_cuda(args):
                              .argmin(dim=1), args.repeats, "cuda")
         report(f"limit, batch {batch}, D=128", f"distance + argmin, {codewords} codewords",
                f"{rate / 1e6:.3f} M vectors/s")
+    if triton_search.triton is not None:  # AVQ's Triton search against its torch one
+        for stages, bits, beam in ((3, 5, 8), (4, 8, 16)):
+            module = build("avq", stages, bits, 128, beam, "cuda").eval()
+            encode = partial(module.encode, x)
+            with torch.no_grad():
+                triton_s, torch_s = timed_in_turns([with_triton(encode), encode],
+                                                   args.repeats, "cuda")
+            report(f"encode, batch {batch}, D=128", describe("avq", stages, bits, beam)
+                   + ", Triton", f"{batch / triton_s / 1e6:.3f} M vectors/s "
+                   f"({torch_s / triton_s:.1f}x the torch search)")
     module = build("avq", 4, 8, 128, 16, "cuda")
     module.eval()
     torch.cuda.reset_peak_memory_stats()

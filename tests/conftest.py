@@ -1,11 +1,17 @@
 """Shared test setup: the checkout's root (the quantizers, the packages ``stochastic_vq``
 and ``stochastic_vq_core``) and the tests' helpers are importable."""
 
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# AVQ's Triton search is tested on the CPU in Triton's interpreter, which has to be chosen
+# before triton is first imported; the library runs that search only where
+# STOCHASTIC_VQ_TRITON=1 (tests/test_triton_search.py sets it).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent

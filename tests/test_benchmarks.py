@@ -1,6 +1,7 @@
 """The benchmark scripts run: tiny sizes, so that a change of the library cannot break them."""
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -66,6 +67,13 @@ def test_bench_native_search_reports_every_configuration(capsys):
     assert [row.split(",")[0] for row in rows] == ["4 x 4 bits", "4 x 8 bits", "3 x 5 bits",
                                                    "4 x 5 bits"]
     assert all(row.count(" us") == 2 for row in rows)
+
+
+def test_with_triton_switches_the_triton_search_on_for_the_call(monkeypatch):
+    monkeypatch.delenv("STOCHASTIC_VQ_TRITON", raising=False)
+    seen = []
+    bench_quantizers.with_triton(lambda: seen.append(os.environ.get("STOCHASTIC_VQ_TRITON")))()
+    assert seen == ["1"] and "STOCHASTIC_VQ_TRITON" not in os.environ
 
 
 def test_report_prints_one_aligned_row(capsys):
