@@ -83,10 +83,13 @@ def _launch(base: torch.Tensor, cross: torch.Tensor, num_stages: int,
     rows, total = base.shape
     codes = torch.empty(rows, num_stages, dtype=torch.long, device=base.device)
     if rows:
+        padded, beams = triton.next_power_of_2(total), triton.next_power_of_2(beam_width)
+        # a program's (beams, padded) candidates spread over more threads as they grow
+        warps = 4 if beams * padded <= 4096 else 8 if beams * padded <= 16384 else 16
         _kernel()[(rows,)](
             base.contiguous(), cross.contiguous(), codes, num_stages, total // num_stages,
-            total, triton.next_power_of_2(total), beam_width,
-            triton.next_power_of_2(beam_width), triton.next_power_of_2(num_stages))
+            total, padded, beam_width, beams, triton.next_power_of_2(num_stages),
+            num_warps=warps)
     return codes
 
 
