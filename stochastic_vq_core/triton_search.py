@@ -12,7 +12,8 @@ on a CUDA device; on its first search of a configuration (device, M, K, beam, dt
 checks its codes against the plain-torch search's on a small random batch (one host
 synchronisation) and, where they differ or Triton cannot compile it, warns and leaves
 that configuration to the plain-torch search. Its speed on a GPU has not been measured.
-``TRITON_INTERPRET=1`` runs it on the CPU, in Triton's interpreter (slow; for tests).
+``TRITON_INTERPRET=1``, set before triton is imported, runs it on the CPU in Triton's
+interpreter (slow; for tests).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ except ImportError:  # the search then never runs
 
 # (device, M, K, beam, dtype) -> whether the codes matched the torch search's
 _checked: dict[tuple, bool] = {}
-_kernels: dict[bool, object] = {}  # interpreted or not -> the jitted search
 
 
 def enabled(device: torch.device) -> bool:
@@ -86,25 +86,17 @@ def _launch(base: torch.Tensor, cross: torch.Tensor, num_stages: int,
         padded, beams = triton.next_power_of_2(total), triton.next_power_of_2(beam_width)
         # a program's (beams, padded) candidates spread over more threads as they grow
         warps = 4 if beams * padded <= 4096 else 8 if beams * padded <= 16384 else 16
-        _kernel()[(rows,)](
+        _search_kernel[(rows,)](
             base.contiguous(), cross.contiguous(), codes, num_stages, total // num_stages,
             total, padded, beam_width, beams, triton.next_power_of_2(num_stages),
             num_warps=warps)
     return codes
 
 
-def _kernel():
-    """The jitted search; made on first use, since Triton reads ``TRITON_INTERPRET`` when
-    it wraps a function."""
-    interpreted = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    if interpreted not in _kernels:
-        _kernels[interpreted] = triton.jit(_search_program)
-    return _kernels[interpreted]
-
-
 if triton is not None:
 
-    def _search_program(base_ptr, cross_ptr, codes_ptr, M: tl.constexpr, K: tl.constexpr,
+    @triton.jit
+    def _search_kernel(base_ptr, cross_ptr, codes_ptr, M: tl.constexpr, K: tl.constexpr,
                        MK: tl.constexpr, MKP: tl.constexpr, B: tl.constexpr,
                        BP: tl.constexpr, MP: tl.constexpr):
         n = tl.program_id(0)

@@ -22,7 +22,6 @@ def interpreted(monkeypatch):
         pytest.skip("Triton's interpreter was not chosen before triton was imported")
     monkeypatch.setenv("STOCHASTIC_VQ_TRITON", "1")
     monkeypatch.setattr(native, "available", lambda: False)
-    monkeypatch.setattr(triton_search, "_kernels", {})
     monkeypatch.setattr(triton_search, "_checked", {})
 
 
