@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from additive_vq import AVQ
+from additive_vq import AVQ, cross_table
 from product_vq import PVQ
 from residual_vq import RVQ
 from stochastic_vq.config import TrainConfig
@@ -118,3 +118,13 @@ def librispeech_tree(root: Path, subset: str = "train-clean-100",
         f"{subset}/{speaker}/198/{speaker}-198-{utterance:04d}.flac":
             100.0 + 15 * number + 5 * utterance
         for number, speaker in enumerate(speakers) for utterance in range(per_speaker)})
+
+
+def search_tables(stages, bits, dim, dtype, generator, rows):
+    """(base (N, MK), cross (MK, MK)) of random codebooks and vectors, as AVQ's
+    beam_search makes them for its searches."""
+    codewords = torch.randn(stages * 2**bits, dim, generator=generator, dtype=torch.float64)
+    codewords = (codewords / stages**0.5).to(dtype)
+    x = torch.randn(rows, dim, generator=generator, dtype=torch.float64).to(dtype)
+    norms, cross = cross_table(codewords, stages)
+    return torch.addmm(norms, x, codewords.t(), alpha=-2.0), cross

@@ -12,21 +12,13 @@ import pytest
 import torch
 
 import additive_vq
-from additive_vq import AVQ, beam_search_torch, cross_table
+from additive_vq import AVQ, beam_search_torch
 from conftest import ROOT
+from helpers import search_tables
 from stochastic_vq_core import native
 
 needs_native = pytest.mark.skipif(not native.available(),
                                   reason=f"native search {native.status()}")
-
-
-def tables(stages, bits, dim, dtype, generator, rows):
-    """(base (N, MK), cross (MK, MK)) of random codebooks and vectors, as beam_search makes."""
-    codewords = torch.randn(stages * 2**bits, dim, generator=generator, dtype=torch.float64)
-    codewords = (codewords / stages**0.5).to(dtype)
-    x = torch.randn(rows, dim, generator=generator, dtype=torch.float64).to(dtype)
-    norms, cross = cross_table(codewords, stages)
-    return torch.addmm(norms, x, codewords.t(), alpha=-2.0), cross
 
 
 GRID = [(stages, bits, beam, dim)
@@ -43,7 +35,7 @@ def test_same_codes_as_the_torch_search(dtype):
     for stages, bits, beam, dim in GRID:
         if dtype == torch.float32 and dim < 32:
             continue
-        base, cross = tables(stages, bits, dim, dtype, generator, rows=24)
+        base, cross = search_tables(stages, bits, dim, dtype, generator, rows=24)
         ours = native.avq_beam_search(base, cross, stages, beam)
         reference = beam_search_torch(base, cross, stages, beam)
         assert torch.equal(ours, reference), (stages, bits, beam, dim, dtype)
@@ -80,7 +72,7 @@ def test_every_instruction_set_gives_the_same_codes(variant, tmp_path, monkeypat
     for (stages, bits, beam), dtype in itertools.product(
             [(1, 3, 5), (2, 5, 16), (3, 5, 8), (4, 4, 16), (4, 8, 16), (6, 2, 32), (8, 1, 5)],
             [torch.float32, torch.float64]):
-        base, cross = tables(stages, bits, 32, dtype, generator, rows=40)
+        base, cross = search_tables(stages, bits, 32, dtype, generator, rows=40)
         ours = native._search(library, base, cross, stages, beam)
         assert torch.equal(ours, beam_search_torch(base, cross, stages, beam)), \
             (stages, bits, beam, dtype)
@@ -88,7 +80,8 @@ def test_every_instruction_set_gives_the_same_codes(variant, tmp_path, monkeypat
 
 @needs_native
 def test_threads_give_the_same_codes():
-    base, cross = tables(4, 5, 16, torch.float32, torch.Generator().manual_seed(1), rows=3000)
+    generator = torch.Generator().manual_seed(1)
+    base, cross = search_tables(4, 5, 16, torch.float32, generator, rows=3000)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

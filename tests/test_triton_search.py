@@ -11,6 +11,7 @@ pytest.importorskip("triton")
 
 import additive_vq  # noqa: E402
 from additive_vq import AVQ, beam_search_torch, cross_table  # noqa: E402
+from helpers import search_tables  # noqa: E402
 from stochastic_vq_core import native, triton_search  # noqa: E402
 
 
@@ -25,15 +26,6 @@ def interpreted(monkeypatch):
     monkeypatch.setattr(triton_search, "_checked", {})
 
 
-def tables(stages, bits, dtype, generator, rows, dim=32):
-    """(base (N, MK), cross (MK, MK)) of random codebooks and vectors, as beam_search makes."""
-    codewords = torch.randn(stages * 2**bits, dim, generator=generator, dtype=torch.float64)
-    codewords = (codewords / stages**0.5).to(dtype)
-    x = torch.randn(rows, dim, generator=generator, dtype=torch.float64).to(dtype)
-    norms, cross = cross_table(codewords, stages)
-    return torch.addmm(norms, x, codewords.t(), alpha=-2.0), cross
-
-
 CONFIGURATIONS = [(1, 3, 4), (2, 1, 5), (2, 2, 3), (3, 2, 4), (3, 5, 8), (4, 2, 16),
                   (4, 4, 16), (5, 3, 6)]  # (M, bits, beam): fewer sets than beams, too
 
@@ -42,7 +34,7 @@ CONFIGURATIONS = [(1, 3, 4), (2, 1, 5), (2, 2, 3), (3, 2, 4), (3, 5, 8), (4, 2, 
 def test_same_codes_as_the_torch_search(interpreted, dtype):
     generator = torch.Generator().manual_seed(0)
     for stages, bits, beam in CONFIGURATIONS:
-        base, cross = tables(stages, bits, dtype, generator, rows=6)
+        base, cross = search_tables(stages, bits, 32, dtype, generator, rows=6)
         ours = triton_search.beam_search(base, cross, stages, beam, beam_search_torch)
         assert torch.equal(ours, beam_search_torch(base, cross, stages, beam)), \
             (stages, bits, beam, dtype)
@@ -52,7 +44,7 @@ def test_same_codes_as_the_torch_search(interpreted, dtype):
 def test_same_codes_with_long_codebooks_and_wide_beams(interpreted):
     generator = torch.Generator().manual_seed(1)
     for stages, bits, beam in [(4, 8, 16), (3, 5, 32)]:
-        base, cross = tables(stages, bits, torch.float32, generator, rows=4)
+        base, cross = search_tables(stages, bits, 32, torch.float32, generator, rows=4)
         ours = triton_search.beam_search(base, cross, stages, beam, beam_search_torch)
         assert torch.equal(ours, beam_search_torch(base, cross, stages, beam)), \
             (stages, bits, beam)
@@ -87,7 +79,7 @@ def test_a_failed_first_use_check_leaves_the_search_to_torch(interpreted, monkey
         return torch.zeros(len(base), stages, dtype=torch.long)
 
     monkeypatch.setattr(triton_search, "_launch", launch)
-    base, cross = tables(3, 3, torch.float32, torch.Generator().manual_seed(2), rows=70)
+    base, cross = search_tables(3, 3, 32, torch.float32, torch.Generator().manual_seed(2), rows=70)
     with pytest.warns(RuntimeWarning, match="Triton AVQ search"):
         assert triton_search.beam_search(base, cross, 3, 4, beam_search_torch) is None
     assert triton_search.beam_search(base, cross, 3, 4, beam_search_torch) is None  # once
