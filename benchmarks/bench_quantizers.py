@@ -161,12 +161,17 @@ def section_faiss(args):
         report(label, f"{name} {stages}x{bits}b", f"{theirs / 1e6:.3f} M vectors/s {ratio}")
 
 
-def plain_torch(fn):
-    """``fn`` run with AVQ's plain-torch beam search, the reference of the native one."""
+def patched(fn, patch):
+    """``fn`` run inside ``patch`` (a reusable ``unittest.mock`` patch), each time."""
     def run():
-        with mock.patch.object(native, "available", lambda: False):
+        with patch:
             return fn()
     return run
+
+
+def plain_torch(fn):
+    """``fn`` run with AVQ's plain-torch beam search, the reference of the native one."""
+    return patched(fn, mock.patch.object(native, "available", lambda: False))
 
 
 def native_search_seconds(fn) -> float:
@@ -238,10 +243,7 @@ def section_avq(args):
 
 def with_triton(fn):
     """``fn`` run with AVQ's Triton search switched on (``STOCHASTIC_VQ_TRITON=1``)."""
-    def run():
-        with mock.patch.dict(os.environ, {"STOCHASTIC_VQ_TRITON": "1"}):
-            return fn()
-    return run
+    return patched(fn, mock.patch.dict(os.environ, {"STOCHASTIC_VQ_TRITON": "1"}))
 
 
 def section_cuda(args):
