@@ -254,7 +254,15 @@ using Simd = std::conditional_t<std::is_same<T, float>::value, Floats, Doubles>;
 template <typename T>
 bool kth_smallest(const T*, int, int, T*) { return false; }
 
+// The most values kth_smallest's network takes (a multiple of 16, with keep <= 16; 0: it
+// has none for T).
+template <typename T>
+constexpr int network_values = 0;
+
 #if defined(__AVX512F__)
+template <>
+constexpr int network_values<float> = 64;
+
 // One step of a bitonic network over 16 lanes: lanes i and i ^ j compared, the larger
 // kept where (i & j) != 0 differs from (i & k) != 0.
 template <int j, int k>
@@ -283,12 +291,12 @@ inline __m512 sort16(__m512 v) {
   return merge16(v);
 }
 
-// Up to 64 values, 16 at a time, keep <= 16: each 16 sorted by a network; the smallest 16
-// of two sorted registers are the lane minima of one against the other reversed (a
-// bitonic sequence, merged in order).
+// Up to network_values, 16 at a time, keep <= 16: each 16 sorted by a network; the
+// smallest 16 of two sorted registers are the lane minima of one against the other
+// reversed (a bitonic sequence, merged in order).
 template <>
 inline bool kth_smallest(const float* values, int count, int keep, float* out) {
-  if (count % 16 || count > 64 || keep > 16) return false;
+  if (count % 16 || count > network_values<float> || keep > 16) return false;
   const __m512i reverse = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   auto load = [&](int k) {  // NaN as +inf
     const __m512 v = _mm512_loadu_ps(values + k);
@@ -538,10 +546,10 @@ struct Workspace {
         items(size_t(most) * total + 8),  // + 8: see smallest
         chosen(most + 1) {}
 
-  // G / B: 4 where kth_smallest's network takes the groups (AVX-512 float, B <= 16),
-  // tighter than 2, else 2 (counting costs G²).
+  // G / B: 4 where kth_smallest's network takes the groups (tighter than 2), else 2
+  // (counting costs G²).
   static int groups_per_beam(int most) {
-    return S::width == 16 && std::is_same<T, float>::value && most <= 16 ? 4 : 2;
+    return 4 * most <= network_values<T> ? 4 : 2;
   }
 
   // Begin a step: no runs, no group minimum.
