@@ -505,8 +505,8 @@ class Repeats {
 template <typename T>
 struct Run {
   int beam, first, length;  // codewords first ... first + length - 1
-  const T* sums;            // the beam's cross sums (MK,): sums + latest
-  const T* latest;          // or null
+  const T* sums;            // (MK,) the beam's cross sums are sums + latest (Beams)
+  const T* latest;          // (MK,) or null
   T error;                  // the beam's error
 };
 
