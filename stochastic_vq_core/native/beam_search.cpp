@@ -477,10 +477,8 @@ class Repeats {
     }
   }
 
-  // Row b (null if it has no bit set).
-  const uint64_t* marked(int b) const {
-    return marked_[b] ? rows_.data() + size_t(b) * row_words_ : nullptr;
-  }
+  // Row b (all zero where no bit is set).
+  const uint64_t* marked(int b) const { return rows_.data() + size_t(b) * row_words_; }
 
   // Unset every bit of rows 0 ... count - 1.
   void clear(int count) {
@@ -584,7 +582,8 @@ struct Workspace {
   }
 
   // The errors of the run's codewords j ... j + L::width - 1, NaN where blanked (bits: the
-  // run's beam's row of Repeats, or null).
+  // run's beam's row of Repeats). No branch: the bits and their codewords vary from one
+  // vector to the next, too often for a branch to be predicted.
   template <typename L>
   typename L::V errors(const Run<T>& run, const T* base, const uint64_t* bits,
                        typename L::V error, int j) const {
@@ -592,11 +591,7 @@ struct Workspace {
     typename L::V sums = L::load(run.sums + j);
     if (run.latest) sums = L::add(sums, L::load(run.latest + j));
     typename L::V v = L::add(L::twice_plus(L::load(base + j), sums), error);
-    if (bits) {
-      const uint32_t hit = uint32_t(bits[j / 64] >> (j % 64)) & lanes;
-      if (hit) v = L::blank(v, hit);
-    }
-    return v;
+    return L::blank(v, uint32_t(bits[j / 64] >> (j % 64)) & lanes);
   }
 
   // Calls visit(j, v) for the run's codewords j, a register L::width at a time: v holds
