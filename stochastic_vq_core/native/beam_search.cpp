@@ -421,8 +421,7 @@ class Repeats {
       : stride_((most + Ints::width - 1) / Ints::width * Ints::width),
         row_words_((total + 63) / 64),
         columns_(size_t(stages) * stride_),
-        rows_(size_t(most) * row_words_),
-        marked_(most) {}
+        rows_(size_t(most) * row_words_) {}
 
   // Set the bits of the beams (count of them, size codewords each in path).
   void find(const int32_t* path, int count, int size, int stages) {
@@ -432,7 +431,6 @@ class Repeats {
         for (int w = 0; w < row_words_; ++w) row[w] = this->row(b - 1)[w];
         const int32_t c = path[size_t(b - 1) * stages];
         row[c / 64] |= uint64_t(1) << (c % 64);
-        marked_[b] = 1;
       }
       return;
     }
@@ -443,7 +441,6 @@ class Repeats {
     for (int b = 1; b < count; ++b) {
       const int32_t* mine = path + size_t(b) * stages;
       uint64_t* bits = row(b);
-      uint32_t any = 0;
       for (int first = 0; first < b; first += Ints::width) {  // beams first ... of b's betters
         const uint32_t better = b - first >= Ints::width ? lanes : (1u << (b - first)) - 1;
         uint32_t missing = 0, twice = 0;  // lanes missing one of b's codewords, two or more
@@ -461,7 +458,6 @@ class Repeats {
         if (row_words_ <= 4) {  // no branch: word w from the codewords 64 w ... 64 w + 63
           for (int w = 0; w < row_words_; ++w)
             bits[w] |= Ints::bits(Ints::sub(lacked, 64 * w), near);
-          any |= near;
           continue;
         }
         if (!near) continue;
@@ -471,23 +467,16 @@ class Repeats {
           const int32_t c = codewords[__builtin_ctz(m)];
           bits[c / 64] |= uint64_t(1) << (c % 64);
         }
-        any = 1;
       }
-      marked_[b] = uint8_t(any != 0);
     }
   }
 
   // Row b (all zero where no bit is set).
   const uint64_t* marked(int b) const { return rows_.data() + size_t(b) * row_words_; }
 
-  // Unset every bit of rows 0 ... count - 1.
-  void clear(int count) {
-    for (int b = 0; b < count; ++b)
-      if (marked_[b]) {
-        for (int w = 0; w < row_words_; ++w) row(b)[w] = 0;
-        marked_[b] = 0;
-      }
-  }
+  // Unset every bit of rows 0 ... count - 1 (all of them: which rows have bits set varies
+  // too much for a branch).
+  void clear(int count) { std::fill(rows_.begin(), rows_.begin() + size_t(count) * row_words_, 0); }
 
  private:
   uint64_t* row(int b) { return rows_.data() + size_t(b) * row_words_; }
@@ -495,7 +484,6 @@ class Repeats {
   int stride_, row_words_;
   std::vector<int32_t> columns_;  // (M, stride) the beams' codewords, by position in a beam
   std::vector<uint64_t> rows_;    // (B, ceil(MK / 64))
-  std::vector<uint8_t> marked_;   // (B,) whether row b has a bit set
 };
 
 // A run of candidates in a step's buffer: buffer[first + k], k < length, is beam ``beam``
