@@ -56,7 +56,7 @@ def test_exact_ties_give_the_same_error():
 
 
 X86 = platform.machine() in ("x86_64", "AMD64")
-VARIANTS = {"avx2": ["-mno-avx512f"], "scalar": ["-mno-avx512f", "-mno-avx2"]}
+VARIANTS = {"avx2": ["-mno-avx512f"], "portable": ["-mno-avx512f", "-mno-avx2"]}
 
 
 @needs_native
@@ -64,7 +64,7 @@ VARIANTS = {"avx2": ["-mno-avx512f"], "scalar": ["-mno-avx512f", "-mno-avx2"]}
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_instruction_set_gives_the_same_codes(variant, tmp_path, monkeypatch):
     """The kernel built without AVX-512 (its AVX2 code, where the CPU has AVX2) and without
-    either (its scalar code) gives the torch search's codes too."""
+    either (its portable code, plain arrays) gives the torch search's codes too."""
     monkeypatch.setenv("STOCHASTIC_VQ_CACHE", str(tmp_path))
     library = native._bind(ctypes.CDLL(str(native._build(native.native_flags()
                                                           + VARIANTS[variant]))))

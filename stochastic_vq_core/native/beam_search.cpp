@@ -35,60 +35,97 @@
 
 namespace {
 
-// Appends the lanes of v set in mask, and key + lane, to values and keys; returns how many.
-template <typename T>
+// Appends the lanes of v set in mask, and key + lane, to values and keys; returns how
+// many. Most masks are empty; the others have every lane stored (the arrays have room for
+// N past the count), with no branch on which lanes are set.
+template <typename T, int N>
 int append_lanes(const T* lanes, uint32_t mask, uint32_t key, T* values, uint32_t* keys) {
+  if (!mask) return 0;
   int n = 0;
-  for (; mask; mask &= mask - 1, ++n) {
-    const int lane = __builtin_ctz(mask);
-    values[n] = lanes[lane];
-    keys[n] = key + uint32_t(lane);
+  for (int i = 0; i < N; ++i) {
+    values[n] = lanes[i];
+    keys[n] = key + uint32_t(i);
+    n += (mask >> i) & 1;
   }
   return n;
 }
 
-// One value at a time: the fallback for any machine and for codebooks shorter than a
-// SIMD register. The SIMD versions below have the same operations.
-template <typename T>
-struct Scalar {
-  using V = T;
-  static constexpr int width = 1;
-  static V load(const T* p) { return *p; }
-  static void store(T* p, V v) { *p = v; }
-  static V set(T v) { return v; }
-  // b + 2 s: 2 s is exact, so this rounds once, as a fused multiply-add would
-  static V twice_plus(V b, V s) { return b + (s + s); }
-  static V add(V a, V b) { return a + b; }
-  static V min(V v, V least) { return v < least ? v : least; }  // NaN v: least
-  static uint32_t at_most(V v, T limit) { return v <= limit; }  // NaN: 0
-  static T least(V v) { return v; }
-  static V blank(V v, uint32_t lanes) {  // NaN in the lanes set
-    return lanes & 1 ? std::numeric_limits<T>::quiet_NaN() : v;
-  }
-  static int append(V v, uint32_t mask, uint32_t key, T* values, uint32_t* keys) {
-    return append_lanes(&v, mask, key, values, keys);
-  }
-  // of int32 lanes (codewords; ``Ints``)
-  static uint32_t equal(V a, V b) { return a == b; }
-  static V sub(V a, T b) { return a - b; }
-  static V choose(V v, uint32_t lanes, V other) { return lanes & 1 ? other : v; }  // other where set
-  static uint64_t bits(V v, uint32_t lanes) {  // bit v if the lane is set and v in 0 ... 63
-    return lanes & 1 && uint32_t(v) < 64 ? uint64_t(1) << v : 0;
-  }
-};
-
-// Bit v_i set for each lane i set in lanes and v_i in 0 ... 63: one lane at a time.
-template <typename I>
-uint64_t bits_of_lanes(typename I::V v, uint32_t lanes) {
-  int32_t values[I::width];
-  I::store(values, v);
+// Bit v_i set for each lane i set in lanes and v_i in 0 ... 63, without a branch.
+template <int N>
+uint64_t bits_of_lanes(const int32_t* values, uint32_t lanes) {
   uint64_t bits = 0;
-  for (; lanes; lanes &= lanes - 1) {
-    const uint32_t v = uint32_t(values[__builtin_ctz(lanes)]);
-    bits |= v < 64 ? uint64_t(1) << v : 0;
+  for (int i = 0; i < N; ++i) {
+    const uint32_t v = uint32_t(values[i]);
+    bits |= uint64_t((lanes >> i) & 1 & uint32_t(v < 64)) << (v & 63);
   }
   return bits;
 }
+
+// N values at a time in a plain array: the fallback for any machine, whose loops the
+// compiler vectorises where it can, and with N = 1 for runs shorter than a SIMD
+// register. The SIMD versions below have the same operations.
+template <typename T, int N>
+struct Lanes {
+  struct V {
+    T lane[N];
+  };
+  static constexpr int width = N;
+  static V load(const T* p) {
+    V v;
+    std::memcpy(v.lane, p, sizeof v.lane);
+    return v;
+  }
+  static void store(T* p, V v) { std::memcpy(p, v.lane, sizeof v.lane); }
+  static V set(T x) {
+    V v;
+    for (T& lane : v.lane) lane = x;
+    return v;
+  }
+  template <typename F>
+  static V each(V a, V b, F f) {  // f(a_i, b_i, i) in lane i
+    V v;
+    for (int i = 0; i < N; ++i) v.lane[i] = f(a.lane[i], b.lane[i], i);
+    return v;
+  }
+  // b + 2 s: 2 s is exact, so this rounds once, as a fused multiply-add would
+  static V twice_plus(V b, V s) { return each(b, s, [](T x, T y, int) { return x + (y + y); }); }
+  static V add(V a, V b) { return each(a, b, [](T x, T y, int) { return x + y; }); }
+  static V min(V v, V least) {  // NaN v: least
+    return each(v, least, [](T x, T y, int) { return x < y ? x : y; });
+  }
+  static uint32_t at_most(V v, T limit) {  // NaN: 0
+    uint32_t mask = 0;
+    for (int i = 0; i < N; ++i) mask |= uint32_t(v.lane[i] <= limit) << i;
+    return mask;
+  }
+  static T least(V v) {  // of lanes without NaN
+    T least = v.lane[0];
+    for (int i = 1; i < N; ++i) least = v.lane[i] < least ? v.lane[i] : least;
+    return least;
+  }
+  static V blank(V v, uint32_t lanes) {  // NaN in the lanes set
+    return each(v, v, [lanes](T x, T, int i) {
+      return (lanes >> i) & 1 ? std::numeric_limits<T>::quiet_NaN() : x;
+    });
+  }
+  static int append(V v, uint32_t mask, uint32_t key, T* values, uint32_t* keys) {
+    return append_lanes<T, N>(v.lane, mask, key, values, keys);
+  }
+  // of int32 lanes (codewords; ``Ints``)
+  static uint32_t equal(V a, V b) {
+    uint32_t mask = 0;
+    for (int i = 0; i < N; ++i) mask |= uint32_t(a.lane[i] == b.lane[i]) << i;
+    return mask;
+  }
+  static V sub(V a, T b) { return each(a, a, [b](T x, T, int) { return x - b; }); }
+  static V choose(V v, uint32_t lanes, V other) {  // other where set
+    return each(v, other, [lanes](T x, T y, int i) { return (lanes >> i) & 1 ? y : x; });
+  }
+  static uint64_t bits(V v, uint32_t lanes) { return bits_of_lanes<N>(v.lane, lanes); }
+};
+
+template <typename T>
+using Scalar = Lanes<T, 1>;
 
 // Ints: lanes of int32 (codewords), compared a register at a time in ``Repeats``.
 #if defined(__AVX512F__)
@@ -159,7 +196,7 @@ struct Doubles {
   static int append(V v, uint32_t mask, uint32_t key, double* values, uint32_t* keys) {
     double lanes[8];
     _mm512_storeu_pd(lanes, v);
-    return append_lanes(lanes, mask, key, values, keys);
+    return append_lanes<double, 8>(lanes, mask, key, values, keys);
   }
 };
 #elif defined(__AVX2__)
@@ -179,7 +216,11 @@ struct Ints {
         _mm256_and_si256(_mm256_set1_epi32(int(lanes)), bits), bits);
     return _mm256_blendv_epi8(v, other, hit);
   }
-  static uint64_t bits(V v, uint32_t lanes) { return bits_of_lanes<Ints>(v, lanes); }
+  static uint64_t bits(V v, uint32_t lanes) {
+    int32_t values[8];
+    store(values, v);
+    return bits_of_lanes<8>(values, lanes);
+  }
 };
 struct Floats {
   using V = __m256;
@@ -208,7 +249,7 @@ struct Floats {
   static int append(V v, uint32_t mask, uint32_t key, float* values, uint32_t* keys) {
     float lanes[8];
     _mm256_storeu_ps(lanes, v);
-    return append_lanes(lanes, mask, key, values, keys);
+    return append_lanes<float, 8>(lanes, mask, key, values, keys);
   }
 };
 struct Doubles {
@@ -236,13 +277,13 @@ struct Doubles {
   static int append(V v, uint32_t mask, uint32_t key, double* values, uint32_t* keys) {
     double lanes[4];
     _mm256_storeu_pd(lanes, v);
-    return append_lanes(lanes, mask, key, values, keys);
+    return append_lanes<double, 4>(lanes, mask, key, values, keys);
   }
 };
 #else
-using Ints = Scalar<int32_t>;
-using Floats = Scalar<float>;
-using Doubles = Scalar<double>;
+using Ints = Lanes<int32_t, 16>;
+using Floats = Lanes<float, 16>;
+using Doubles = Lanes<double, 8>;
 #endif
 
 template <typename T>
@@ -559,7 +600,9 @@ struct Workspace {
       run_minima[count++] = S::least(least);
     } else {
       T least = std::numeric_limits<T>::infinity();
-      scan<Scalar<T>>(run, base, [&](int, T v) { least = v < least ? v : least; });
+      scan<Scalar<T>>(run, base, [&](int, typename Scalar<T>::V v) {
+        least = v.lane[0] < least ? v.lane[0] : least;  // NaN: least
+      });
       group[0] = std::min(least, group[0]);
       run_minima[count++] = least;
     }
