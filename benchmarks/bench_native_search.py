@@ -2,6 +2,7 @@
 
     python benchmarks/bench_native_search.py
     python benchmarks/bench_native_search.py --rows 4096 --rounds 11
+    python benchmarks/bench_native_search.py --variants avx2 portable
 
 For each configuration (M codebooks of K entries, beam B, D = 64) the kernel searches
 ``--rows`` random vectors against random codebooks, from the tables that AVQ passes it
@@ -10,6 +11,9 @@ The copies take the same path through the search every time, so the processor pr
 every branch and the rows of the tables they read stay in cache: the difference to
 distinct vectors is what mispredicted branches and reading the tables from memory cost
 together. Each row is the fastest of ``--rounds`` runs, the two inputs taking turns.
+``--variants`` (x86-64) also times the kernel's other code paths on the distinct
+vectors: its AVX2 code, and its portable code (plain arrays), which processors without
+AVX2 run.
 """
 
 from __future__ import annotations
@@ -43,23 +47,31 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2048, help="vectors per run (2048)")
     parser.add_argument("--rounds", type=int, default=7, help="runs per input (7)")
+    parser.add_argument("--variants", nargs="*", default=[], choices=sorted(native.X86_VARIANTS),
+                        help="also time these builds of the kernel (x86-64)")
     args = parser.parse_args(argv)
     if not native.available():
         sys.exit(f"the native search is {native.status()}")
+    libraries = {"native": native._load(), **{name: native.variant(name) for name in args.variants}}
     torch.set_num_threads(1)
-    print(f"{'configuration':<22} {'distinct vectors':>18} {'one vector':>12}  share of "
-          "the time saved by repeating one vector")
+    print(f"{'configuration':<22} {'distinct vectors':>18} {'one vector':>12}  share saved"
+          + "".join(f" {name + ', distinct':>20}" for name in args.variants))
     for stages, bits, beam in CONFIGURATIONS:
         base, repeated, cross = tables(stages, bits, args.rows)
-        best = {"distinct": float("inf"), "repeated": float("inf")}
+        runs = {"distinct": (libraries["native"], base),
+                "repeated": (libraries["native"], repeated),
+                **{name: (libraries[name], base) for name in args.variants}}
+        best = dict.fromkeys(runs, float("inf"))
         for _ in range(args.rounds):
-            for name, table in (("distinct", base), ("repeated", repeated)):
+            for name, (library, table) in runs.items():
                 start = time.perf_counter()
-                native.avq_beam_search(table, cross, stages, beam)
+                native._search(library, table, cross, stages, beam)
                 best[name] = min(best[name], time.perf_counter() - start)
-        distinct, cached = (best[name] * 1e6 / args.rows for name in best)
+        micros = {name: seconds * 1e6 / args.rows for name, seconds in best.items()}
+        distinct, cached = micros["distinct"], micros["repeated"]
         print(f"{stages} x {bits} bits, beam {beam:<3} {distinct:>15.2f} us {cached:>9.2f} us"
-              f"  {1 - cached / distinct:6.0%}", flush=True)
+              f"  {1 - cached / distinct:10.0%}"
+              + "".join(f" {micros[name]:>17.2f} us" for name in args.variants), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import math
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -67,6 +68,16 @@ def test_bench_native_search_reports_every_configuration(capsys):
     assert [row.split(",")[0] for row in rows] == ["4 x 4 bits", "4 x 8 bits", "3 x 5 bits",
                                                    "4 x 5 bits"]
     assert all(row.count(" us") == 2 for row in rows)
+
+
+@pytest.mark.skipif(not native.available() or platform.machine() not in ("x86_64", "AMD64"),
+                    reason="the kernel's variants are x86-64 builds of the native search")
+def test_bench_native_search_times_the_variants_asked_for(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("STOCHASTIC_VQ_CACHE", str(tmp_path))
+    bench_native_search.main(["--rows", "32", "--rounds", "1", "--variants", "portable"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "portable, distinct" in lines[0]
+    assert all(row.count(" us") == 3 for row in lines[1:])
 
 
 def test_with_triton_switches_the_triton_search_on_for_the_call(monkeypatch):

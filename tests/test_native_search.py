@@ -1,7 +1,6 @@
 """The native AVQ search (stochastic_vq_core.native) against the plain-torch one, which
 stays the reference and the fallback: the same codes on data without exact ties."""
 
-import ctypes
 import itertools
 import os
 import platform
@@ -56,18 +55,15 @@ def test_exact_ties_give_the_same_error():
 
 
 X86 = platform.machine() in ("x86_64", "AMD64")
-VARIANTS = {"avx2": ["-mno-avx512f"], "portable": ["-mno-avx512f", "-mno-avx2"]}
-
 
 @needs_native
 @pytest.mark.skipif(not X86, reason="the instruction-set variants are x86-64's")
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("variant", sorted(native.X86_VARIANTS))
 def test_every_instruction_set_gives_the_same_codes(variant, tmp_path, monkeypatch):
     """The kernel built without AVX-512 (its AVX2 code, where the CPU has AVX2) and without
     either (its portable code, plain arrays) gives the torch search's codes too."""
     monkeypatch.setenv("STOCHASTIC_VQ_CACHE", str(tmp_path))
-    library = native._bind(ctypes.CDLL(str(native._build(native.native_flags()
-                                                          + VARIANTS[variant]))))
+    library = native.variant(variant)
     generator = torch.Generator().manual_seed(2)
     for (stages, bits, beam), dtype in itertools.product(
             [(1, 3, 5), (2, 5, 16), (3, 5, 8), (4, 4, 16), (4, 8, 16), (6, 2, 32), (8, 1, 5)],

@@ -139,6 +139,17 @@ def _build(flags: list[str] | None = None) -> Path:
     return target
 
 
+# flags added to native_flags() for the kernel's other code paths on x86-64: its AVX2
+# code, and its portable code (plain arrays), which other processors run
+X86_VARIANTS = {"avx2": ["-mno-avx512f"], "portable": ["-mno-avx512f", "-mno-avx2"]}
+
+
+def variant(name: str) -> ctypes.CDLL:
+    """The kernel built with one of X86_VARIANTS' code paths (x86-64 only), for tests and
+    benchmarks: pass it to ``_search``."""
+    return _bind(ctypes.CDLL(str(_build(native_flags() + X86_VARIANTS[name]))))
+
+
 def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
     for name in ("avq_beam_search_f32", "avq_beam_search_f64"):
         function = getattr(library, name)
