@@ -698,9 +698,9 @@ struct Workspace {
     T limit = std::numeric_limits<T>::infinity();
     const int groups = int(minima.size());
     if (kth_smallest(minima.data(), groups, keep, &limit)) return limit;
-    for (int i = 0; i < groups; ++i) {
-      const bool enough = count_at_most(minima.data(), groups, minima[i]) >= keep;
-      limit = enough & (minima[i] < limit) ? minima[i] : limit;
+    for (int i = 0; i < groups; ++i) {  // chosen by indexing, not by a branch
+      const T choice[2] = {std::numeric_limits<T>::infinity(), minima[i]};
+      limit = std::min(limit, choice[count_at_most(minima.data(), groups, minima[i]) >= keep]);
     }
     return limit;
   }
