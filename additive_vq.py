@@ -28,6 +28,7 @@ import torch
 from stochastic_vq_core import native, triton_search
 from stochastic_vq_core.quantizer import CPU, VectorQuantizer
 from stochastic_vq_core.rules import check_int
+from stochastic_vq_core.scratch import scratch
 from stochastic_vq_core.usage import replace_rows
 
 _HUGE = 1e30  # stands in for a non-finite distance; a sum of M of them stays finite
@@ -103,7 +104,9 @@ class AVQ(VectorQuantizer):
     def _tables(self, dtype, stages):
         # the first n codebooks: rows 0 ... n*K - 1
         codewords = self.codebooks.detach()[:stages * self.codebook_size].to(dtype)  # (nK, D)
-        norms, cross = cross_table(codewords, stages)  # (nK,), (nK, nK)
+        total = len(codewords)
+        out = scratch("avq cross", (total, total), dtype, codewords.device)
+        norms, cross = cross_table(codewords, stages, out)  # (nK,), (nK, nK)
         return codewords, norms, cross
 
     def _encode_chunk(self, x, tables, stages):
@@ -137,8 +140,11 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
     The native kernel or the Triton one runs where ``search_backend`` says so, else
     ``beam_search_torch``; all give the same codes.
     """
-    # error of adding codeword j to an empty tuple, less the constant ||x||², (N, MK)
-    base = torch.addmm(norms, x, codewords.t(), alpha=-2.0)
+    # error of adding codeword j to an empty tuple, less the constant ||x||², (N, MK), in
+    # a buffer that the next search reuses on the CPU (codes need no gradient)
+    with torch.no_grad():
+        base = torch.addmm(norms, x, codewords.t(), alpha=-2.0,
+                           out=scratch("avq base", (len(x), len(codewords)), x.dtype, x.device))
     backend = search_backend(x.device, num_stages, len(codewords) // num_stages, beam_width)
     if backend == "native":  # NaN and inf are never among its best
         return native.avq_beam_search(base, cross, num_stages, beam_width)
@@ -316,13 +322,14 @@ def _buffer_view(buffer: torch.Tensor | None, shape: tuple[int, ...]) -> torch.T
     return None if buffer is None else buffer[:math.prod(shape)].view(shape)
 
 
-def cross_table(codewords: torch.Tensor,
-                num_stages: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared norms (M*K,) and inner products (M*K, M*K) of the codewords.
+def cross_table(codewords: torch.Tensor, num_stages: int,
+                out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared norms (M*K,) and inner products (M*K, M*K) of the codewords, the latter
+    written into ``out`` where given.
 
     The inner products between codewords of the same codebook are set to +inf.
     """
-    cross = codewords @ codewords.t()
+    cross = torch.mm(codewords, codewords.t(), out=out)
     norms = cross.diagonal().clone()
     entries = len(codewords) // num_stages
     blocks = cross.view(num_stages, entries, num_stages, entries)

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -557,6 +558,7 @@ struct Workspace {
   Workspace(int stages, int entries, int most)
       : stages(stages),
         entries(entries),
+        most(most),
         total(stages * entries),
         log_entries(__builtin_ctz(unsigned(entries))),
         shift(32 - __builtin_clz(unsigned(total))),
@@ -722,7 +724,7 @@ struct Workspace {
   int beam_of(uint32_t key) const { return int(key >> shift); }
   int32_t codeword_of(uint32_t key) const { return int32_t(key & ((1u << shift) - 1)); }
 
-  const int stages, entries, total, log_entries, shift;
+  const int stages, entries, most, total, log_entries, shift;
   const bool by_codebook;  // runs of one codebook (long codebooks), else whole rows
   const int slots;         // R
   int slot = 0;            // the group slot of the next run
@@ -877,13 +879,24 @@ int most_beams(int stages, int entries, int beam_width) {
   return int(most);
 }
 
+// This thread's workspace for searches of this size, kept from one call to the next: a
+// new one would be fresh memory from the system, its pages faulting in on first write,
+// on every call. (Each search leaves its Repeats rows clear.)
+template <typename T>
+Workspace<T>& workspace(int stages, int entries, int most) {
+  thread_local std::unique_ptr<Workspace<T>> kept;
+  if (!kept || kept->stages != stages || kept->entries != entries || kept->most != most)
+    kept = std::make_unique<Workspace<T>>(stages, entries, most);
+  return *kept;
+}
+
 template <typename T>
 void search_rows(const T* base, const T* cross, int64_t rows, int stages, int entries,
                  int beam_width, int64_t* codes, int threads) {
   const int total = stages * entries;
   const int most = most_beams(stages, entries, beam_width);
   auto run = [=](int64_t first, int64_t last) {
-    Workspace<T> w(stages, entries, most);
+    Workspace<T>& w = workspace<T>(stages, entries, most);
     for (int64_t r = first; r < last; ++r)
       search_one(w, base + r * total, cross, most, codes + r * stages);
   };
