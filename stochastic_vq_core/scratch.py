@@ -18,7 +18,7 @@ import threading
 
 import torch
 
-MOST_KEPT = 2**24  # entries; a larger temporary is allocated afresh (not held per thread)
+MOST_KEPT = 2**22  # entries (16 MB of float32); a larger temporary is allocated afresh
 
 _local = threading.local()
 

@@ -145,11 +145,11 @@ struct Ints {
   // or by a negative count read as unsigned, gives 0)
   static uint64_t bits(V v, uint32_t lanes) {
     const __m512i one = _mm512_set1_epi64(1);
-    const __m512i low = _mm512_sllv_epi64(one, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(v)));
-    const __m512i high =
-        _mm512_sllv_epi64(one, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(v, 1)));
-    return _mm512_mask_reduce_or_epi64(__mmask8(lanes), low) |
-           _mm512_mask_reduce_or_epi64(__mmask8(lanes >> 8), high);
+    const __m512i low = _mm512_maskz_sllv_epi64(
+        __mmask8(lanes), one, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(v)));
+    const __m512i high = _mm512_maskz_sllv_epi64(
+        __mmask8(lanes >> 8), one, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(v, 1)));
+    return uint64_t(_mm512_reduce_or_epi64(_mm512_or_si512(low, high)));  // one reduction
   }
 };
 struct Floats {
