@@ -16,7 +16,13 @@
 // the step's beam_width-th best follows (a sorting network with AVX-512); a second pass
 // over the runs that can hold candidates within the bound finds them, and they are ranked
 // (``Workspace``). A beam's cross sums are summed only once it holds three codewords
-// (``Beams``).
+// (``Beams``). Where the data decide from one vector to the next which way to go (the
+// repeated sets, the lanes kept, the group minimum that bounds a step), the search takes
+// no branch: a mispredicted one costs more than the work it would skip.
+//
+// SIMD code for AVX-512 and AVX2; elsewhere the same operations on plain arrays of a
+// register's width (``Lanes``), which the compiler vectorises for the processor it
+// builds for.
 //
 // Plain C++17 with a C interface, no torch headers: built on first use (a second or two)
 // and called through ctypes by ``stochastic_vq_core.native``.
@@ -36,9 +42,9 @@
 
 namespace {
 
-// Appends the lanes of v set in mask, and key + lane, to values and keys; returns how
-// many. Most masks are empty; the others have every lane stored (the arrays have room for
-// N past the count), with no branch on which lanes are set.
+// Appends lanes[i] for each bit i set in mask, and key + i, to values and keys; returns
+// how many. Most masks are empty; the others have every lane stored (the arrays have room
+// for N past the count), with no branch on which lanes are set.
 template <typename T, int N>
 int append_lanes(const T* lanes, uint32_t mask, uint32_t key, T* values, uint32_t* keys) {
   if (!mask) return 0;
