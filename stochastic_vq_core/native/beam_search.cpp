@@ -620,17 +620,18 @@ struct Workspace {
     return run.first % S::width == 0 && run.length % S::width == 0;
   }
 
-  // The errors of the run's codewords j ... j + L::width - 1, NaN where blanked (bits: the
-  // run's beam's row of Repeats). No branch: the bits and their codewords vary from one
-  // vector to the next, too often for a branch to be predicted.
+  // The errors of the run's codewords j ... j + L::width - 1, NaN where blanked: where
+  // the lowest L::width bits of marks are set (from the run's beam's row of Repeats,
+  // shifted to j). No branch: the bits vary from one vector to the next, too often for a
+  // branch to be predicted.
   template <typename L>
-  typename L::V errors(const Run<T>& run, const T* base, const uint64_t* bits,
-                       typename L::V error, int j) const {
+  typename L::V errors(const Run<T>& run, const T* base, uint64_t marks, typename L::V error,
+                       int j) const {
     constexpr uint32_t lanes = L::width == 32 ? ~0u : (1u << L::width) - 1;
     typename L::V sums = L::load(run.sums + j);
     if (run.latest) sums = L::add(sums, L::load(run.latest + j));
     typename L::V v = L::add(L::twice_plus(L::load(base + j), sums), error);
-    return L::blank(v, uint32_t(bits[j / 64] >> (j % 64)) & lanes);
+    return L::blank(v, uint32_t(marks) & lanes);
   }
 
   // Calls visit(j, v) for the run's codewords j, a register L::width at a time: v holds
@@ -640,7 +641,7 @@ struct Workspace {
     const uint64_t* bits = repeats.marked(run.beam);
     const typename L::V e = L::set(run.error);
     for (int j = run.first; j < run.first + run.length; j += L::width)
-      visit(j, errors<L>(run, base, bits, e, j));
+      visit(j, errors<L>(run, base, bits[j / 64] >> (j % 64), e, j));
   }
 
   // The lane minima of a SIMD run's errors, in four chains of registers (a minimum waits
@@ -653,10 +654,21 @@ struct Workspace {
     for (auto& v : least) v = S::set(std::numeric_limits<T>::infinity());
     int j = run.first;
     const int end = run.first + run.length;
-    for (; j + 4 * W <= end; j += 4 * W)
+    // Four registers' bits lie in one word, read once: a run this loop takes starts at a
+    // multiple of its 4 W codewords (at 0, or at a codebook's first), and 4 W divides 64;
+    // so do the fewer than four left, after it or of a run of fewer (a codebook of 2 W,
+    // which divides 64, or a whole row shorter than 4 W).
+    static_assert(64 % (4 * W) == 0, "four registers' bits in one word");
+    for (; j + 4 * W <= end; j += 4 * W) {
+      const uint64_t word = bits[j / 64] >> (j % 64);
       for (int c = 0; c < 4; ++c)
-        least[c] = S::min(errors<S>(run, base, bits, e, j + c * W), least[c]);
-    for (; j < end; j += W) least[0] = S::min(errors<S>(run, base, bits, e, j), least[0]);
+        least[c] = S::min(errors<S>(run, base, word >> (c * W), e, j + c * W), least[c]);
+    }
+    if (j < end) {
+      const uint64_t word = bits[j / 64] >> (j % 64);
+      for (int c = 0; j + c * W < end; ++c)
+        least[c] = S::min(errors<S>(run, base, word >> (c * W), e, j + c * W), least[c]);
+    }
     return S::min(S::min(least[0], least[1]), S::min(least[2], least[3]));
   }
 
