@@ -384,6 +384,23 @@ struct Packing<float> {
     std::memcpy(&v, &u, sizeof v);
     return v;
   }
+  // out[i] = pack(values[i], positions[i]) for i < n; with AVX-512 a register of 8 at a
+  // time, reading and writing up to 7 entries past n (the arrays have room for them)
+  static void pack_all(const float* values, const uint32_t* positions, int n, type* out) {
+#if defined(__AVX512F__)
+    const __m256i sign = _mm256_set1_epi32(int(0x80000000u));
+    for (int i = 0; i < n; i += 8) {
+      const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + i));
+      const __m256i flip = _mm256_or_si256(_mm256_srai_epi32(u, 31), sign);  // as pack
+      const __m512i high = _mm512_slli_epi64(_mm512_cvtepu32_epi64(_mm256_xor_si256(u, flip)), 32);
+      const __m512i low = _mm512_cvtepu32_epi64(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(positions + i)));
+      _mm512_storeu_si512(out + i, _mm512_or_si512(high, low));
+    }
+#else
+    for (int i = 0; i < n; ++i) out[i] = pack(values[i], positions[i]);
+#endif
+  }
 };
 
 template <>
@@ -401,6 +418,9 @@ struct Packing<double> {
     double v;
     std::memcpy(&v, &u, sizeof v);
     return v;
+  }
+  static void pack_all(const double* values, const uint32_t* positions, int n, type* out) {
+    for (int i = 0; i < n; ++i) out[i] = pack(values[i], positions[i]);
   }
 };
 
@@ -729,7 +749,7 @@ struct Workspace {
   // codebooks their beams use left out, into chosen[0 ... keep); returns how many.
   int smallest(const T* base, int keep, const Beams<T>& beams_now, T limit) {
     const int n = collect(base, limit, beams_now);
-    for (int i = 0; i < n; ++i) items[i] = P::pack(found_values[i], found_keys[i]);
+    P::pack_all(found_values.data(), found_keys.data(), n, items.data());
     const int padded = (n + 7) / 8 * 8;  // with items above any other: whole registers
     std::fill(items.begin() + n, items.begin() + padded, ~typename P::type(0));
     for (int i = 0; i < n; ++i) {  // each item's rank (keys differ: no ties), by counting
