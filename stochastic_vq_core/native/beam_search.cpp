@@ -672,21 +672,14 @@ struct Workspace {
     const typename S::V e = S::set(run.error);
     typename S::V least[4];
     for (auto& v : least) v = S::set(std::numeric_limits<T>::infinity());
-    int j = run.first;
     const int end = run.first + run.length;
-    // Four registers' bits lie in one word, read once: a run this loop takes starts at a
-    // multiple of its 4 W codewords (at 0, or at a codebook's first), and 4 W divides 64;
-    // so do the fewer than four left, after it or of a run of fewer (a codebook of 2 W,
-    // which divides 64, or a whole row shorter than 4 W).
+    // Up to four registers' bits lie in one word, read once: a run starts at a multiple of
+    // 4 W codewords (at 0, or at a codebook's first) or is a codebook of 2 W, and 4 W
+    // divides 64.
     static_assert(64 % (4 * W) == 0, "four registers' bits in one word");
-    for (; j + 4 * W <= end; j += 4 * W) {
+    for (int j = run.first; j < end; j += 4 * W) {
       const uint64_t word = bits[j / 64] >> (j % 64);
-      for (int c = 0; c < 4; ++c)
-        least[c] = S::min(errors<S>(run, base, word >> (c * W), e, j + c * W), least[c]);
-    }
-    if (j < end) {
-      const uint64_t word = bits[j / 64] >> (j % 64);
-      for (int c = 0; j + c * W < end; ++c)
+      for (int c = 0; c < 4 && j + c * W < end; ++c)
         least[c] = S::min(errors<S>(run, base, word >> (c * W), e, j + c * W), least[c]);
     }
     return S::min(S::min(least[0], least[1]), S::min(least[2], least[3]));
