@@ -2,8 +2,8 @@
 
 A tensor of several MB allocated afresh on every call is new memory from the operating
 system each time (glibc returns large freed blocks to it), and every one of its pages
-faults in when first written: at AVQ's 4 x 8 bits that costs about a tenth of a
-bottleneck's forward and backward. ``scratch`` hands out a buffer per thread and name
+faults in when first written, a cost that grows with AVQ's tables (4 MB each at 4 x 8
+bits). ``scratch`` hands out a buffer per thread and name
 instead, written over by the next call that asks for it, so a temporary that is dead once
 its call returns is written into memory that is already mapped.
 
