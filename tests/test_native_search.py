@@ -24,6 +24,9 @@ GRID = [(stages, bits, beam, dim)
         for stages, bits, beam, dim in itertools.product([1, 2, 3, 4, 6, 8], [1, 2, 3, 5, 8],
                                                          [1, 2, 5, 16, 32], [4, 32, 128])
         if stages * 2**bits <= 1024 and (bits < 8 or beam in (1, 16))]
+# runs of several chunks (the kernel's minima per four SIMD registers), the last one short
+# where whole rows (short codebooks) are not a multiple of a chunk: 80 and 112 codewords
+GRID += [(5, 4, 16, 32), (7, 4, 8, 128), (3, 7, 16, 32), (2, 9, 8, 32)]
 
 
 @needs_native
@@ -66,7 +69,8 @@ def test_every_instruction_set_gives_the_same_codes(variant, tmp_path, monkeypat
     library = native.variant(variant)
     generator = torch.Generator().manual_seed(2)
     for (stages, bits, beam), dtype in itertools.product(
-            [(1, 3, 5), (2, 5, 16), (3, 5, 8), (4, 4, 16), (4, 8, 16), (6, 2, 32), (8, 1, 5)],
+            [(1, 3, 5), (2, 5, 16), (3, 5, 8), (4, 4, 16), (4, 8, 16), (5, 4, 16), (6, 2, 32),
+             (6, 3, 16), (8, 1, 5)],
             [torch.float32, torch.float64]):
         base, cross = search_tables(stages, bits, 32, dtype, generator, rows=40)
         ours = native._search(library, base, cross, stages, beam)

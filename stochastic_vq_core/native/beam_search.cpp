@@ -115,6 +115,9 @@ struct Lanes {
       return (lanes >> i) & 1 ? std::numeric_limits<T>::quiet_NaN() : x;
     });
   }
+  static V min_unless(V v, uint32_t lanes, V least) {  // least in the lanes set
+    return min(blank(v, lanes), least);
+  }
   static int append(V v, uint32_t mask, uint32_t key, T* values, uint32_t* keys) {
     return append_lanes<T, N>(v.lane, mask, key, values, keys);
   }
@@ -174,6 +177,9 @@ struct Floats {
   static V blank(V v, uint32_t lanes) {
     return _mm512_mask_mov_ps(v, __mmask16(lanes), _mm512_set1_ps(__builtin_nanf("")));
   }
+  static V min_unless(V v, uint32_t lanes, V least) {  // one instruction
+    return _mm512_mask_min_ps(least, __mmask16(~lanes), v, least);
+  }
   static int append(V v, uint32_t mask, uint32_t key, float* values, uint32_t* keys) {
     // compressed in a register and stored whole (width lanes past the count are spare):
     // faster than a compressing store to memory
@@ -199,6 +205,9 @@ struct Doubles {
   static double least(V v) { return _mm512_reduce_min_pd(v); }
   static V blank(V v, uint32_t lanes) {
     return _mm512_mask_mov_pd(v, __mmask8(lanes), _mm512_set1_pd(__builtin_nan("")));
+  }
+  static V min_unless(V v, uint32_t lanes, V least) {
+    return _mm512_mask_min_pd(least, __mmask8(~lanes), v, least);
   }
   static int append(V v, uint32_t mask, uint32_t key, double* values, uint32_t* keys) {
     double lanes[8];
@@ -253,6 +262,7 @@ struct Floats {
         _mm256_and_si256(_mm256_set1_epi32(int(lanes)), bits), bits);
     return _mm256_blendv_ps(v, _mm256_set1_ps(__builtin_nanf("")), _mm256_castsi256_ps(hit));
   }
+  static V min_unless(V v, uint32_t lanes, V least) { return min(blank(v, lanes), least); }
   static int append(V v, uint32_t mask, uint32_t key, float* values, uint32_t* keys) {
     float lanes[8];
     _mm256_storeu_ps(lanes, v);
@@ -281,6 +291,7 @@ struct Doubles {
         _mm256_and_si256(_mm256_set1_epi64x(int64_t(lanes)), bits), bits);
     return _mm256_blendv_pd(v, _mm256_set1_pd(__builtin_nan("")), _mm256_castsi256_pd(hit));
   }
+  static V min_unless(V v, uint32_t lanes, V least) { return min(blank(v, lanes), least); }
   static int append(V v, uint32_t mask, uint32_t key, double* values, uint32_t* keys) {
     double lanes[4];
     _mm256_storeu_pd(lanes, v);
@@ -461,6 +472,7 @@ struct Beams {
         error(most),
         used(most),
         partial(most),
+        middle(most),
         latest(most),
         sums(size_t(most) * total) {}
 
@@ -468,13 +480,15 @@ struct Beams {
   std::vector<int32_t> path;   // (B, M) codewords of each beam, in the order chosen
   std::vector<T> error;        // (B,) error of each beam, less ||x||²
   std::vector<uint64_t> used;  // (B,) bit m: the beam holds a codeword of codebook m
-  // A beam's cross sums are partial + latest: latest the cross-table row of its last
-  // codeword, partial those of the codewords before it (the first's row while it holds
-  // two, else summed in sums); one codeword: its row, latest null. Summed only as late as
-  // that, the new beams of a step copy nothing until they hold three codewords.
+  // A beam's cross sums are (partial + middle) + latest: latest and middle the cross-table
+  // rows of its last two codewords, partial those of the codewords before them (the
+  // first's row while it holds three, else summed in sums). Two codewords: the first's row
+  // and the second's, middle null; one: its row, middle and latest null. Summed only as
+  // late as that, the new beams of a step copy nothing until they hold four codewords.
   std::vector<const T*> partial;  // (B,) (MK,) each
+  std::vector<const T*> middle;   // (B,) (MK,) each, or null
   std::vector<const T*> latest;   // (B,) (MK,) each, or null
-  std::vector<T> sums;            // (B, MK) the partial sums of beams of three or more
+  std::vector<T> sums;            // (B, MK) the partial sums of beams of four or more
 };
 
 // Which extensions repeat a better beam's set: a bit matrix of B rows of MK, bit j of
@@ -559,7 +573,9 @@ class Repeats {
 template <typename T>
 struct Run {
   int beam, first, length;  // codewords first ... first + length - 1
-  const T* sums;            // (MK,) the beam's cross sums are sums + latest (Beams)
+  int chunks;               // of a run longer than a chunk: its first chunk minimum
+  const T* sums;            // (MK,) the beam's cross sums are (sums + middle) + latest
+  const T* middle;          // (MK,) or null (Beams)
   const T* latest;          // (MK,) or null
   T error;                  // the beam's error
 };
@@ -569,12 +585,13 @@ struct Run {
 // A step's candidates, beam b extended by codeword j, come in runs: a beam's whole row of
 // MK (short codebooks; the codebooks a beam uses then give +inf, from the cross table) or
 // one run per codebook a beam has not used. A run is computed a SIMD register at a time,
-// its repeated sets blanked to NaN, and only its lanes' running minima are kept: those of
-// run r are folded into slot r mod R of G = R * width group minima. The keep-th smallest
-// group minimum bounds the keep-th smallest candidate from above, since that many groups
-// (disjoint sets of candidates) each hold one no larger; the runs whose minimum is within
-// the bound are computed again to find the candidates within it, usually not many more
-// than keep, which are ranked. A candidate is known by its key, beam << shift | codeword,
+// its repeated sets blanked to NaN, and only its lanes' minima are kept: those of run r
+// folded into slot r mod R of G = R * width group minima, and those of each chunk of four
+// registers where a run is longer. The keep-th smallest group minimum bounds the keep-th
+// smallest candidate from above, since that many groups (disjoint sets of candidates) each
+// hold one no larger; the runs, then the chunks, whose minimum is within the bound are
+// computed again to find the candidates within it, usually not many more than keep, which
+// are ranked. A candidate is known by its key, beam << shift | codeword,
 // which orders as (beam, codeword).
 template <typename T>
 struct Workspace {
@@ -592,14 +609,18 @@ struct Workspace {
         slots(std::max(1, (groups_per_beam(most) * most + S::width - 1) / S::width)),
         beams{Beams<T>(stages, total, most), Beams<T>(stages, total, most)},
         repeats(stages, total, most),
-        zeros(total),
+        empty(stages, total, 1),
         runs(size_t(most) * stages),
         minima(size_t(slots) * S::width),
         run_minima(size_t(most) * stages),
+        chunk_minima(size_t(most) * (total / chunk + stages) * S::width),
+        pending(size_t(most) * (total / chunk + stages)),
         found_values(size_t(most) * total + S::width),  // + a register: see append
         found_keys(size_t(most) * total + S::width),
         items(size_t(most) * total + 8),  // + 8: see smallest
-        chosen(most + 1) {}
+        chosen(most + 1) {
+    empty.partial[0] = empty.sums.data();
+  }
 
   // G / B: 4 where kth_smallest's network takes the groups (tighter than 2), else 2
   // (counting costs G²).
@@ -607,28 +628,32 @@ struct Workspace {
     return 4 * most <= network_values<T> ? 4 : 2;
   }
 
+  static constexpr int chunk = 4 * S::width;  // codewords a chunk minimum covers
+
   // Begin a step: no runs, no group minimum.
   void start() {
     count = 0;
+    chunks = 0;
     slot = 0;
     std::fill(minima.begin(), minima.end(), std::numeric_limits<T>::infinity());
   }
 
   // A run of beam b over codewords first ... first + length - 1, their errors
-  // (base + 2 (sums + latest)) + error folded into the group minima.
-  void fill(int b, int first, int length, const T* base, const T* sums, const T* latest,
-            T error) {
+  // (base + 2 ((partial + middle) + latest)) + error folded into the group minima.
+  void fill(int b, int first, int length, const T* base, const Beams<T>& beams) {
     Run<T>& run = runs[count];
-    run = Run<T>{b, first, length, sums, latest, error};
+    run = Run<T>{b,           first,           length,          chunks,
+                 beams.partial[b], beams.middle[b], beams.latest[b], beams.error[b]};
     T* group = minima.data() + slot * S::width;
     slot = slot + 1 == slots ? 0 : slot + 1;
     if (simd(run)) {
+      if (length > chunk) chunks += (length + chunk - 1) / chunk;
       const typename S::V least = least_of(run, base);
       S::store(group, S::min(least, S::load(group)));
       run_minima[count++] = S::least(least);
     } else {
       T least = std::numeric_limits<T>::infinity();
-      scan<Scalar<T>>(run, base, [&](int, typename Scalar<T>::V v) {
+      scan<Scalar<T>>(run, first, first + length, base, [&](int, typename Scalar<T>::V v) {
         least = v.lane[0] < least ? v.lane[0] : least;  // NaN: least
       });
       group[0] = std::min(least, group[0]);
@@ -645,43 +670,67 @@ struct Workspace {
   // shifted to j). No branch: the bits vary from one vector to the next, too often for a
   // branch to be predicted.
   template <typename L>
-  typename L::V errors(const Run<T>& run, const T* base, uint64_t marks, typename L::V error,
-                       int j) const {
-    constexpr uint32_t lanes = L::width == 32 ? ~0u : (1u << L::width) - 1;
+  static typename L::V errors(const Run<T>& run, const T* base, uint64_t marks,
+                              typename L::V error, int j) {
+    return L::blank(L::add(extended<L>(run, base, j), error), lanes_of<L>(marks));
+  }
+
+  // base + 2 sums of the run's codewords j ... j + L::width - 1: their errors less the
+  // beam's.
+  template <typename L>
+  static typename L::V extended(const Run<T>& run, const T* base, int j) {
     typename L::V sums = L::load(run.sums + j);
+    if (run.middle) sums = L::add(sums, L::load(run.middle + j));
     if (run.latest) sums = L::add(sums, L::load(run.latest + j));
-    typename L::V v = L::add(L::twice_plus(L::load(base + j), sums), error);
-    return L::blank(v, uint32_t(marks) & lanes);
+    return L::twice_plus(L::load(base + j), sums);
+  }
+
+  template <typename L>
+  static uint32_t lanes_of(uint64_t marks) {
+    return uint32_t(marks) & (L::width == 32 ? ~0u : (1u << L::width) - 1);
   }
 
   // Calls visit(j, v) for the run's codewords j, a register L::width at a time: v holds
   // the errors of j ... j + width - 1.
   template <typename L, typename Visit>
-  void scan(const Run<T>& run, const T* base, Visit visit) const {
+  void scan(const Run<T>& run, int from, int to, const T* base, Visit visit) const {
     const uint64_t* bits = repeats.marked(run.beam);
     const typename L::V e = L::set(run.error);
-    for (int j = run.first; j < run.first + run.length; j += L::width)
+    for (int j = from; j < to; j += L::width)
       visit(j, errors<L>(run, base, bits[j / 64] >> (j % 64), e, j));
   }
 
-  // The lane minima of a SIMD run's errors, in four chains of registers (a minimum waits
-  // for the one before it).
-  typename S::V least_of(const Run<T>& run, const T* base) const {
+  // The lane minima of a SIMD run's errors; of a run longer than a chunk, those of each
+  // chunk too (less the beam's error), into chunk_minima. The error is added to the
+  // minima, not to each candidate: rounding is monotonic, so min_i (t_i + e) rounds as
+  // (min_i t_i) + e.
+  typename S::V least_of(const Run<T>& run, const T* base) {
+    const typename S::V error = S::set(run.error);
+    if (run.length <= chunk) return S::add(chunk_least(run, base, run.first), error);
+    typename S::V least = S::set(std::numeric_limits<T>::infinity());
+    T* minimum = chunk_minima.data() + size_t(run.chunks) * S::width;
+    for (int j = run.first; j < run.first + run.length; j += chunk, minimum += S::width) {
+      const typename S::V v = chunk_least(run, base, j);
+      S::store(minimum, v);
+      least = S::min(v, least);
+    }
+    return S::add(least, error);
+  }
+
+  // The lane minima of the run's errors less the beam's, codewords j ... j + chunk - 1 (or
+  // to the run's end), in four chains of registers (a minimum waits for the one before).
+  typename S::V chunk_least(const Run<T>& run, const T* base, int j) const {
     constexpr int W = S::width;
-    const uint64_t* bits = repeats.marked(run.beam);
-    const typename S::V e = S::set(run.error);
+    // A chunk's bits lie in one word, read once: a run starts at a multiple of a chunk (at
+    // 0, or at a codebook's first) or is a codebook of 2 W, and a chunk divides 64.
+    static_assert(64 % chunk == 0, "a chunk's bits in one word");
+    const uint64_t word = repeats.marked(run.beam)[j / 64] >> (j % 64);
+    const int end = run.first + run.length;
     typename S::V least[4];
     for (auto& v : least) v = S::set(std::numeric_limits<T>::infinity());
-    const int end = run.first + run.length;
-    // Up to four registers' bits lie in one word, read once: a run starts at a multiple of
-    // 4 W codewords (at 0, or at a codebook's first) or is a codebook of 2 W, and 4 W
-    // divides 64.
-    static_assert(64 % (4 * W) == 0, "four registers' bits in one word");
-    for (int j = run.first; j < end; j += 4 * W) {
-      const uint64_t word = bits[j / 64] >> (j % 64);
-      for (int c = 0; c < 4 && j + c * W < end; ++c)
-        least[c] = S::min(errors<S>(run, base, word >> (c * W), e, j + c * W), least[c]);
-    }
+    for (int c = 0; c < 4 && j + c * W < end; ++c)
+      least[c] = S::min_unless(extended<S>(run, base, j + c * W), lanes_of<S>(word >> (c * W)),
+                               least[c]);
     return S::min(S::min(least[0], least[1]), S::min(least[2], least[3]));
   }
 
@@ -690,20 +739,37 @@ struct Workspace {
   // Returns how many.
   int collect(const T* base, T limit, const Beams<T>& beams_now) {
     int n = 0;
+    auto append = [&](auto lanes, const Run<T>& run, int from, int to) {
+      using L = decltype(lanes);
+      const uint32_t key = uint32_t(run.beam) << shift;
+      scan<L>(run, from, to, base, [&](int j, typename L::V v) {
+        n += L::append(v, L::at_most(v, limit), key | uint32_t(j), found_values.data() + n,
+                       found_keys.data() + n);
+      });
+    };
+    int listed = 0;  // chunks pending, for runs longer than one
     for (int r = 0; r < count; ++r) {
       if (!(run_minima[r] <= limit)) continue;
-      const uint32_t key = uint32_t(runs[r].beam) << shift;
-      auto append = [&](auto lanes) {
-        using L = decltype(lanes);
-        scan<L>(runs[r], base, [&](int j, typename L::V v) {
-          n += L::append(v, L::at_most(v, limit), key | uint32_t(j), found_values.data() + n,
-                         found_keys.data() + n);
-        });
-      };
-      if (simd(runs[r]))
-        append(S());
-      else
-        append(Scalar<T>());
+      const Run<T>& run = runs[r];
+      const int end = run.first + run.length;
+      if (!simd(run)) {
+        append(Scalar<T>(), run, run.first, end);
+      } else if (run.length <= chunk) {
+        append(S(), run, run.first, end);
+      } else {  // its chunks within the limit, listed without a branch (which ones varies
+                // too much from one vector to the next for one to be predicted)
+        const typename S::V error = S::set(run.error);
+        const T* minimum = chunk_minima.data() + size_t(run.chunks) * S::width;
+        for (int j = run.first; j < end; j += chunk, minimum += S::width) {
+          pending[listed] = Pending{r, j};
+          listed += S::at_most(S::add(S::load(minimum), error), limit) != 0;
+        }
+      }
+    }
+    // (the runs of a step are all longer than a chunk or none: in order either way)
+    for (int i = 0; i < listed; ++i) {
+      const Run<T>& run = runs[pending[i].run];
+      append(S(), run, pending[i].first, std::min(pending[i].first + chunk, run.first + run.length));
     }
     if (!by_codebook && !(limit < std::numeric_limits<T>::infinity())) {  // +inf: used ones too
       int kept = 0;
@@ -761,11 +827,18 @@ struct Workspace {
   int slot = 0;            // the group slot of the next run
   Beams<T> beams[2];
   Repeats repeats;
-  std::vector<T> zeros;           // (MK,) the cross sums of the empty tuple
+  Beams<T> empty;                 // the empty tuple: zero cross sums and error
   std::vector<Run<T>> runs;       // (B * M,) this step's: count of them
   int count = 0;
   std::vector<T> minima;          // (G,)
   std::vector<T> run_minima;      // (B * M,) the minimum of each run
+  int chunks = 0;                 // this step's chunk minima so far
+  std::vector<T> chunk_minima;    // (chunks, width) of the runs longer than a chunk, less
+                                  // their beams' errors
+  struct Pending {
+    int run, first;  // the chunk of runs[run] from codeword first
+  };
+  std::vector<Pending> pending;   // (chunks,) those collect computes again
   std::vector<T> found_values;    // (B * MK,) the candidates within the bound
   std::vector<uint32_t> found_keys;     // (B * MK,)
   std::vector<typename P::type> items;  // (B * MK,) the same, packed
@@ -802,7 +875,7 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
   w.start();
   for (int m = 0; m < (w.by_codebook ? stages : 1); ++m) {
     const int first = w.by_codebook ? m * entries : 0;
-    w.fill(0, first, w.by_codebook ? entries : total, base, w.zeros.data(), nullptr, T(0));
+    w.fill(0, first, w.by_codebook ? entries : total, base, w.empty);
   }
   const int keep = std::min(beam_width, total);
   T limit;  // of short rows, the keep-th smallest itself, else the groups' bound
@@ -818,6 +891,7 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
     now->path[size_t(b) * stages] = c;
     now->used[b] = uint64_t(1) << (c / entries);
     now->partial[b] = cross + size_t(c) * total;
+    now->middle[b] = nullptr;
     now->latest[b] = nullptr;
   }
 
@@ -828,11 +902,11 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
       w.repeats.find(now->path.data(), now->count, step, stages);
     for (int b = 0; b < now->count; ++b) {  // every candidate: beam b extended by j
       if (!w.by_codebook) {
-        w.fill(b, 0, total, base, now->partial[b], now->latest[b], now->error[b]);
+        w.fill(b, 0, total, base, *now);
         continue;
       }
       each_open(now->used[b], stages, [&](int m) {
-        w.fill(b, m * entries, entries, base, now->partial[b], now->latest[b], now->error[b]);
+        w.fill(b, m * entries, entries, base, *now);
       });
     }
 
@@ -873,12 +947,14 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
       to[step] = c;
       next.error[b] = P::value(w.chosen[b]);
       next.used[b] = now->used[parent] | uint64_t(1) << (c / entries);
-      // the new beam's cross sums: its parent's, summed (by codebook: over the codebooks
-      // it has not used), and its codeword's row
+      // the new beam's cross sums: its parent's, the partial and middle ones summed where
+      // it has both (by codebook: over the codebooks it has not used), and its codeword's
+      // row
       next.latest[b] = cross + size_t(c) * total;
       const T* from = now->partial[parent];
-      const T* row = now->latest[parent];
-      if (!row) {  // the parent's first codeword
+      const T* row = now->middle[parent];
+      next.middle[b] = now->latest[parent];
+      if (!row) {  // the parent's first or second codeword
         next.partial[b] = from;
         continue;
       }
