@@ -147,7 +147,7 @@ def beam_search(x: torch.Tensor, codewords: torch.Tensor, norms: torch.Tensor,
                            out=scratch("avq base", (len(x), len(codewords)), x.dtype, x.device))
     backend = search_backend(x.device, num_stages, len(codewords) // num_stages, beam_width)
     if backend == "native":  # NaN and inf are never among its best
-        return native.avq_beam_search(base, cross, num_stages, beam_width)
+        return native.search(base, cross, num_stages, beam_width)
     # non-finite input (allowed with check_finite=False) must not outrank the +inf that
     # keeps used codebooks out, so its errors are clamped to finite values
     base = torch.nan_to_num_(base, nan=_HUGE, posinf=_HUGE, neginf=-_HUGE)

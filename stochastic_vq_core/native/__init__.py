@@ -5,7 +5,8 @@ torch headers, so it builds in a second or two with any C++17 compiler (``$CXX``
 ``c++``/``g++``/``clang++``) into a cache folder (``$STOCHASTIC_VQ_CACHE``, else
 ``$XDG_CACHE_HOME/stochastic_vq`` or ``~/.cache/stochastic_vq``), keyed by the source, the
 compiler and the CPU, and is loaded with ctypes. The op ``stochastic_vq::avq_beam_search``
-wraps it for CPU tensors, so ``torch.compile`` sees one opaque operation.
+wraps it for CPU tensors, so ``torch.compile`` sees one opaque operation; eager code
+calls the kernel directly (``search``).
 
 Where no compiler is found or the build fails, ``available()`` is False (with one warning
 saying why) and the quantizers use their plain-torch search, which gives the same codes.
@@ -172,6 +173,15 @@ def avq_beam_search(base: torch.Tensor, cross: torch.Tensor, num_stages: int,
     if library is None:
         raise RuntimeError(f"the native AVQ search is {status()}")
     return _search(library, base, cross, num_stages, beam_width)
+
+
+def search(base: torch.Tensor, cross: torch.Tensor, num_stages: int,
+           beam_width: int) -> torch.Tensor:
+    """``avq_beam_search``: the op while a graph is traced, else the kernel called
+    directly, without the op's dispatch (a cost that shows in small batches' steps)."""
+    if torch.compiler.is_compiling():
+        return avq_beam_search(base, cross, num_stages, beam_width)
+    return _search(_load(), base, cross, num_stages, beam_width)
 
 
 def _search(library: ctypes.CDLL, base: torch.Tensor, cross: torch.Tensor, num_stages: int,
