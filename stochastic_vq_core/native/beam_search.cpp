@@ -14,11 +14,12 @@
 // better beam also reaches (``Repeats``); the last step keeps the smallest. Candidates are
 // computed a SIMD register at a time and only their minima kept, from which a bound on
 // the step's beam_width-th best follows (a sorting network with AVX-512); a second pass
-// over the runs that can hold candidates within the bound finds them, and they are ranked
-// (``Workspace``). A beam's cross sums are summed only once it holds three codewords
-// (``Beams``). Where the data decide from one vector to the next which way to go (the
-// repeated sets, the lanes kept, the group minimum that bounds a step), the search takes
-// no branch: a mispredicted one costs more than the work it would skip.
+// over the chunks of four registers that can hold candidates within the bound finds them,
+// and they are ranked (``Workspace``). A beam's cross sums are summed only once it holds
+// four codewords (``Beams``). Where the data decide from one vector to the next which way
+// to go (the repeated sets, the lanes kept, the chunks computed again, the group minimum
+// that bounds a step), the search takes no branch: a mispredicted one costs more than the
+// work it would skip.
 //
 // SIMD code for AVX-512 and AVX2; elsewhere the same operations on plain arrays of a
 // register's width (``Lanes``), which the compiler vectorises for the processor it
