@@ -772,7 +772,7 @@ struct Workspace {
       const Run<T>& run = runs[pending[i].run];
       append(S(), run, pending[i].first, std::min(pending[i].first + chunk, run.first + run.length));
     }
-    if (!by_codebook && !(limit < std::numeric_limits<T>::infinity())) {  // +inf: used ones too
+    if (whole && !(limit < std::numeric_limits<T>::infinity())) {  // +inf: used ones too
       int kept = 0;
       for (int i = 0; i < n; ++i) {
         const uint64_t used = beams_now.used[beam_of(found_keys[i])];
@@ -824,6 +824,7 @@ struct Workspace {
 
   const int stages, entries, most, total, log_entries, shift;
   const bool by_codebook;  // runs of one codebook (long codebooks), else whole rows
+  bool whole = false;      // this step's runs are whole rows
   const int slots;         // R
   int slot = 0;            // the group slot of the next run
   Beams<T> beams[2];
@@ -874,6 +875,7 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
   Beams<T>* now = &w.beams[0];
   now->used[0] = 0;
   w.start();
+  w.whole = !w.by_codebook;
   for (int m = 0; m < (w.by_codebook ? stages : 1); ++m) {
     const int first = w.by_codebook ? m * entries : 0;
     w.fill(0, first, w.by_codebook ? entries : total, base, w.empty);
@@ -899,10 +901,13 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
   for (int step = 1; step < stages; ++step) {
     const bool last = step == stages - 1;
     w.start();
+    // whole rows for short codebooks; at the first step also for codebooks of two
+    // registers where a beam uses at most a quarter of its row: fewer, longer runs
+    w.whole = !w.by_codebook || (step == 1 && stages >= 4 && entries == 2 * Simd<T>::width);
     if (!last)  // each set once, from the best beam that reaches it
       w.repeats.find(now->path.data(), now->count, step, stages);
     for (int b = 0; b < now->count; ++b) {  // every candidate: beam b extended by j
-      if (!w.by_codebook) {
+      if (w.whole) {
         w.fill(b, 0, total, base, *now);
         continue;
       }
