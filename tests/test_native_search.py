@@ -69,13 +69,32 @@ def test_every_instruction_set_gives_the_same_codes(variant, tmp_path, monkeypat
     library = native.variant(variant)
     generator = torch.Generator().manual_seed(2)
     for (stages, bits, beam), dtype in itertools.product(
-            [(1, 3, 5), (2, 5, 16), (3, 5, 8), (4, 4, 16), (4, 8, 16), (5, 4, 16), (6, 2, 32),
-             (6, 3, 16), (8, 1, 5)],
+            [(1, 3, 5), (2, 5, 16), (3, 5, 8), (4, 4, 16), (4, 5, 16), (4, 8, 16), (5, 4, 16),
+             (6, 2, 32), (6, 3, 16), (8, 1, 5)],
             [torch.float32, torch.float64]):
         base, cross = search_tables(stages, bits, 32, dtype, generator, rows=40)
         ours = native._search(library, base, cross, stages, beam)
         assert torch.equal(ours, beam_search_torch(base, cross, stages, beam)), \
             (stages, bits, beam, dtype)
+
+
+@needs_native
+@pytest.mark.parametrize("stages, bits", [(4, 3), (4, 5), (3, 6)])
+def test_infinite_errors_never_take_a_codebook_twice(stages, bits):
+    """Errors of +inf but for two codewords per vector: steps whose bound is then +inf
+    (whole rows of short codebooks, whole rows at the first step, runs of one codebook)
+    still leave out the codebooks a beam holds, so every codebook gets one code."""
+    generator = torch.Generator().manual_seed(3)
+    base, cross = search_tables(stages, bits, 32, torch.float32, generator, rows=40)
+    entries = 2**bits
+    finite = torch.stack([torch.randint(0, entries, (40,), generator=generator),
+                          torch.randint(entries, 2 * entries, (40,), generator=generator)], 1)
+    base = torch.full_like(base, float("inf")).scatter_(1, finite, base.gather(1, finite))
+    codes = torch.full((40, stages), -1, dtype=torch.long)  # -1 where none is written
+    native._load().avq_beam_search_f32(base.data_ptr(), cross.data_ptr(), 40, stages, entries,
+                                       16, codes.data_ptr(), 1)
+    assert ((codes >= 0) & (codes < entries)).all()
+    assert torch.equal(codes[:, :2], finite % entries)  # the two finite ones chosen
 
 
 @needs_native
