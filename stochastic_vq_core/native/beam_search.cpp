@@ -735,9 +735,9 @@ struct Workspace {
     return S::min(S::min(least[0], least[1]), S::min(least[2], least[3]));
   }
 
-  // Appends each candidate <= limit to found (value and key), in order, leaving out those
-  // of the codebooks their beams use; runs whose minimum exceeds the limit are skipped.
-  // Returns how many.
+  // Appends each candidate <= limit to found (value and key), in order of runs, leaving
+  // out those of the codebooks their beams use; runs and chunks whose minimum exceeds the
+  // limit are skipped. Returns how many.
   int collect(const T* base, T limit, const Beams<T>& beams_now) {
     int n = 0;
     auto append = [&](auto lanes, const Run<T>& run, int from, int to) {
