@@ -643,7 +643,7 @@ struct Workspace {
   // (base + 2 ((partial + middle) + latest)) + error folded into the group minima.
   void fill(int b, int first, int length, const T* base, const Beams<T>& beams) {
     Run<T>& run = runs[count];
-    run = Run<T>{b,           first,           length,          chunks,
+    run = Run<T>{b, first, length, chunks,
                  beams.partial[b], beams.middle[b], beams.latest[b], beams.error[b]};
     T* group = minima.data() + slot * S::width;
     slot = slot + 1 == slots ? 0 : slot + 1;
@@ -770,7 +770,8 @@ struct Workspace {
     // (the runs of a step are all longer than a chunk or none: in order either way)
     for (int i = 0; i < listed; ++i) {
       const Run<T>& run = runs[pending[i].run];
-      append(S(), run, pending[i].first, std::min(pending[i].first + chunk, run.first + run.length));
+      const int first = pending[i].first;
+      append(S(), run, first, std::min(first + chunk, run.first + run.length));
     }
     if (whole && !(limit < std::numeric_limits<T>::infinity())) {  // +inf: used ones too
       int kept = 0;
