@@ -27,6 +27,9 @@ GRID = [(stages, bits, beam, dim)
 # runs of several chunks (the kernel's minima per four SIMD registers), the last one short
 # where whole rows (short codebooks) are not a multiple of a chunk: 80 and 112 codewords
 GRID += [(5, 4, 16, 32), (7, 4, 8, 128), (3, 7, 16, 32), (2, 9, 8, 32)]
+# many codebooks of two registers (float32 at K = 32, float64 at K = 16 with AVX-512):
+# whole rows while a beam uses a quarter of its row, also once its sums are added up
+GRID += [(16, 5, 8, 32), (16, 4, 8, 32)]
 
 
 @needs_native

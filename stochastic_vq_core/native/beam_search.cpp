@@ -902,9 +902,12 @@ void search_one(Workspace<T>& w, const T* base, const T* cross, int beam_width,
   for (int step = 1; step < stages; ++step) {
     const bool last = step == stages - 1;
     w.start();
-    // whole rows for short codebooks; at the first step also for codebooks of two
-    // registers where a beam uses at most a quarter of its row: fewer, longer runs
-    w.whole = !w.by_codebook || (step == 1 && stages >= 4 && entries == 2 * Simd<T>::width);
+    // whole rows for short codebooks, and for codebooks of two registers while a beam
+    // uses at most a quarter of its row and its cross sums are whole rows of the table
+    // (three codewords or fewer; later they are summed over the open codebooks only):
+    // fewer, longer runs
+    w.whole = !w.by_codebook ||
+              (4 * step <= stages && step <= 3 && entries == 2 * Simd<T>::width);
     if (!last)  // each set once, from the best beam that reaches it
       w.repeats.find(now->path.data(), now->count, step, stages);
     for (int b = 0; b < now->count; ++b) {  // every candidate: beam b extended by j
