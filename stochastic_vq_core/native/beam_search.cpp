@@ -584,8 +584,9 @@ struct Run {
 // The per-thread state of the search, and its selection of a step's best candidates.
 //
 // A step's candidates, beam b extended by codeword j, come in runs: a beam's whole row of
-// MK (short codebooks; the codebooks a beam uses then give +inf, from the cross table) or
-// one run per codebook a beam has not used. A run is computed a SIMD register at a time,
+// MK (short codebooks, and early steps over codebooks of two registers; the codebooks a
+// beam uses then give +inf, from the cross table) or one run per codebook a beam has not
+// used (``whole``). A run is computed a SIMD register at a time,
 // its repeated sets blanked to NaN, and only its lanes' minima are kept: those of run r
 // folded into slot r mod R of G = R * width group minima, and those of each chunk of four
 // registers where a run is longer. The keep-th smallest group minimum bounds the keep-th
