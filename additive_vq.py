@@ -28,7 +28,7 @@ import torch
 from stochastic_vq_core import native, triton_search
 from stochastic_vq_core.quantizer import CPU, VectorQuantizer
 from stochastic_vq_core.rules import check_int
-from stochastic_vq_core.scratch import scratch
+from stochastic_vq_core.scratch import buffer_view, scratch
 from stochastic_vq_core.usage import replace_rows
 
 _HUGE = 1e30  # stands in for a non-finite distance; a sum of M of them stays finite
@@ -201,7 +201,7 @@ def beam_search_torch(base: torch.Tensor, cross: torch.Tensor, num_stages: int,
     for step in range(1, stages):
         # error of extending tuple b by codeword j: e_b + ||c_j||² - 2<x,c_j> + 2Σ_i<c_i,c_j>
         candidate_error = torch.add(base.unsqueeze(1), crossed, alpha=2.0,
-                                    out=_buffer_view(spare, crossed.shape))  # (N, B, MK)
+                                    out=buffer_view(spare, crossed.shape))  # (N, B, MK)
         candidate_error = candidate_error.add_(error.unsqueeze(2))
         if step == stages - 1:
             parent, chosen = _best_extension(candidate_error)  # (N, 1) each
@@ -313,13 +313,8 @@ def _gather_rows(table: torch.Tensor, index: torch.Tensor,
     Written into the front of ``buffer`` (1-D, large enough) when one is given.
     """
     shape = (index.numel(), table.shape[1])
-    out = _buffer_view(buffer, shape)
+    out = buffer_view(buffer, shape)
     return torch.index_select(table, 0, index.reshape(-1), out=out).view(*index.shape, shape[1])
-
-
-def _buffer_view(buffer: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
-    """The first prod(shape) entries of the 1-D ``buffer``, viewed as ``shape`` (or None)."""
-    return None if buffer is None else buffer[:math.prod(shape)].view(shape)
 
 
 def cross_table(codewords: torch.Tensor, num_stages: int,

@@ -39,4 +39,9 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype,
         with torch.inference_mode(False):  # an ordinary tensor: writable in any mode
             buffer = torch.empty(size, dtype=dtype)
         buffers[(name, dtype)] = buffer
-    return buffer[:size].view(shape)
+    return buffer_view(buffer, shape)
+
+
+def buffer_view(buffer: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The first prod(shape) entries of the 1-D ``buffer``, viewed as ``shape`` (or None)."""
+    return None if buffer is None else buffer[:math.prod(shape)].view(shape)
