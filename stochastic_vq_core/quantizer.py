@@ -608,20 +608,21 @@ class VectorQuantizer(nn.Module):
         return table.index_select(0, rows.reshape(-1)).view(*codes.shape, table.shape[1])
 
     def _indexed_rows(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """All codewords as a (M*K, d) view of ``codebooks`` (differentiable) and codes
-        (N, n) into the first n codebooks offset into its rows."""
-        table = self.codebooks.reshape(self.num_stages * self.codebook_size, -1)
-        return table, codes + self._offsets(codes.device)[:codes.shape[1]]
+        """All codewords as (M*K, d), ``codebooks`` itself or a view of it (differentiable),
+        and codes (N, n) into the first n codebooks offset into its rows."""
+        table = self.codebooks
+        if table.dim() != 2:  # (M, K, d); a view of (M*K, d) codebooks would only add a node
+            table = table.reshape(self.num_stages * self.codebook_size, -1)
+        return table, codes + self._offsets(codes.device, codes.shape[1])
 
     def _rows(self) -> torch.Tensor:
         """All codewords as a (M*K, d) view of ``codebooks``, codebook m in rows
         m*K ... (m+1)*K - 1 (no gradient)."""
         return self.codebooks.detach().view(self.num_stages * self.codebook_size, -1)
 
-    def _offsets(self, device) -> torch.Tensor:
-        """(M,) the first row of each codebook in ``_rows()``."""
-        return torch.arange(0, self.num_stages * self.codebook_size, self.codebook_size,
-                            device=device)
+    def _offsets(self, device, stages: int) -> torch.Tensor:
+        """(stages,) the first row of each of the first ``stages`` codebooks in ``_rows()``."""
+        return torch.arange(0, stages * self.codebook_size, self.codebook_size, device=device)
 
     def _ema_steps(self, groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
                    ) -> None:
@@ -640,7 +641,7 @@ class VectorQuantizer(nn.Module):
         for x, codes, quantized in groups:
             stages = codes.shape[1]
             relaxation = self._ema_share(stages)
-            rows = codes + self._offsets(codes.device)[:stages]  # (N_g, n) rows of _rows()
+            rows = codes + self._offsets(codes.device, stages)  # (N_g, n) rows of _rows()
             targets = self._codeword_targets(x.detach(), codes, quantized.detach())
             for stage, stage_targets in enumerate(targets):  # (N_g, d)
                 if relaxation < 1.0:
