@@ -7,8 +7,9 @@ bits). ``scratch`` hands out a buffer per thread and name
 instead, written over by the next call that asks for it, so a temporary that is dead once
 its call returns is written into memory that is already mapped.
 
-CPU only, and not under ``torch.compile`` (which allocates its graph's tensors itself);
-elsewhere callers allocate as usual.
+CPU only, not under ``torch.compile`` (which allocates its graph's tensors itself), and
+not for small temporaries, which the allocator serves from memory already mapped at less
+cost than a lookup here; elsewhere callers allocate as usual.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import threading
 import torch
 
 MOST_KEPT = 2**22  # entries (16 MB of float32); a larger temporary is allocated afresh
+LEAST_KEPT = 2**15  # entries (128 KB of float32, glibc's least threshold for new mappings)
 
 _local = threading.local()
 
@@ -29,9 +31,10 @@ def scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype,
     buffer this thread reuses for every later call with the same name and dtype (the
     previous contents are overwritten: a caller must be done with its tensor before it
     asks again). None where no buffer is kept: off the CPU, under ``torch.compile``, or
-    above MOST_KEPT entries."""
+    below LEAST_KEPT or above MOST_KEPT entries."""
     size = math.prod(shape)
-    if device.type != "cpu" or size > MOST_KEPT or torch.compiler.is_compiling():
+    if (device.type != "cpu" or not LEAST_KEPT <= size <= MOST_KEPT
+            or torch.compiler.is_compiling()):
         return None
     buffers = _local.__dict__.setdefault("buffers", {})
     buffer = buffers.get((name, dtype))

@@ -2,6 +2,7 @@
 
 import threading
 
+import pytest
 import torch
 
 from additive_vq import AVQ
@@ -9,6 +10,12 @@ from stochastic_vq_core import scratch as scratch_module
 from stochastic_vq_core.scratch import scratch
 
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def keep_small_buffers(monkeypatch):
+    """Buffers for the small shapes these tests ask for."""
+    monkeypatch.setattr(scratch_module, "LEAST_KEPT", 1)
 
 
 def test_a_name_gets_its_buffer_back_and_other_names_their_own():
@@ -31,11 +38,14 @@ def test_a_larger_request_grows_the_buffer():
     assert small.numel() == 10
 
 
-def test_no_buffer_off_the_cpu_or_above_the_limit(monkeypatch):
+def test_no_buffer_off_the_cpu_or_outside_the_limits(monkeypatch):
     assert scratch("test meta", (4,), torch.float32, torch.device("meta")) is None
     monkeypatch.setattr(scratch_module, "MOST_KEPT", 100)
     assert scratch("test big", (11, 10), torch.float32, CPU) is None
     assert scratch("test big", (10, 10), torch.float32, CPU) is not None
+    monkeypatch.setattr(scratch_module, "LEAST_KEPT", 10)
+    assert scratch("test small", (3, 3), torch.float32, CPU) is None
+    assert scratch("test small", (2, 5), torch.float32, CPU) is not None
 
 
 def test_a_buffer_made_in_inference_mode_is_writable_outside_it():
