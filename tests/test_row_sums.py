@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from stochastic_vq_core.row_sums import sum_rows
+from stochastic_vq_core import row_sums
+from stochastic_vq_core.row_sums import _SumRows, sum_rows
 
 
 def reference(table, indices):
@@ -31,3 +32,21 @@ def test_gradcheck_in_float64():
     table = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
     indices = torch.tensor([[0, 7], [3, 3], [5, 1]])
     assert torch.autograd.gradcheck(lambda t: sum_rows(t, indices), (table,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, m, d", [(64, 3, 128), (50, 7, 5), (9, 16, 3), (300, 4, 64)])
+def test_small_and_large_batches_give_the_same_bits(n, m, d, dtype):
+    # below GATHERED_AT_ONCE entries the rows are gathered at once; the bits of the sums
+    # and of the gradient must not depend on the way
+    g = torch.Generator().manual_seed(n * m * d)
+    table = torch.randn(3 * m, d, generator=g, dtype=dtype, requires_grad=True)
+    indices = torch.randint(0, 3 * m, (n, m), generator=g)  # repeats across columns too
+    weights = torch.randn(n, d, generator=g, dtype=dtype)
+    gathered = n * m * d <= row_sums.GATHERED_AT_ONCE
+    assert gathered == (n < 300)
+    out = sum_rows(table, indices)
+    (grad,) = torch.autograd.grad((out * weights).sum(), table)
+    expected = _SumRows.apply(table, indices)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), table)
+    assert torch.equal(out, expected) and torch.equal(grad, expected_grad)
