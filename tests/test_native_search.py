@@ -140,6 +140,7 @@ def test_searches_the_kernel_does_not_take_use_torch():
     assert native.takes(4, 256, 16)
     assert not native.takes(65, 2, 4)  # more codebooks than the kernel's 64-bit mask
     assert not native.takes(2, 2**28, 64)  # beam and codeword do not fit a 32-bit key
+    assert native.takes(2, 2, 2**31)  # a beam wider than the 4 sets a step can keep
     assert additive_vq.search_backend(torch.device("meta"), 4, 16, 8) == "torch"
 
 

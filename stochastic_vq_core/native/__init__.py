@@ -41,8 +41,11 @@ def takes(num_stages: int, entries: int, beam_width: int) -> bool:
     """Whether the kernel takes a search of this size: at most 64 codebooks, and a
     candidate's beam and codeword fit its 32-bit key (beam << bits of M*K | codeword)."""
     total = num_stages * entries
-    return num_stages <= MAX_STAGES and most_beams(num_stages, entries, beam_width) << \
-        total.bit_length() <= 2**32
+    if num_stages > MAX_STAGES:
+        return False
+    shift = total.bit_length()  # no step keeps more than beam_width beams: no need to count
+    return beam_width << shift <= 2**32 or most_beams(num_stages, entries, beam_width) << \
+        shift <= 2**32
 
 
 def most_beams(num_stages: int, entries: int, beam_width: int) -> int:
