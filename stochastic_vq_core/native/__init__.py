@@ -41,11 +41,8 @@ def takes(num_stages: int, entries: int, beam_width: int) -> bool:
     """Whether the kernel takes a search of this size: at most 64 codebooks, and a
     candidate's beam and codeword fit its 32-bit key (beam << bits of M*K | codeword)."""
     total = num_stages * entries
-    if num_stages > MAX_STAGES:
-        return False
-    shift = total.bit_length()  # no step keeps more than beam_width beams: no need to count
-    return beam_width << shift <= 2**32 or most_beams(num_stages, entries, beam_width) << \
-        shift <= 2**32
+    return num_stages <= MAX_STAGES and most_beams(num_stages, entries, beam_width) << \
+        total.bit_length() <= 2**32
 
 
 def most_beams(num_stages: int, entries: int, beam_width: int) -> int:
@@ -55,6 +52,8 @@ def most_beams(num_stages: int, entries: int, beam_width: int) -> int:
     for t in range(1, max(num_stages, 2)):
         sets = sets * (num_stages - t + 1) // t * entries if t > 1 else num_stages * entries
         most = max(most, min(sets, beam_width))
+        if most == beam_width:  # no step keeps more: the later steps need no counting
+            break
     return most
 
 
